@@ -1,0 +1,126 @@
+# cryofire_nb developer tasks (GNU make).
+#
+#   make install        .venv/ with the package (editable) and its dev tools
+#   make test           fast tests + committed notebooks (nbval-lax)
+#   make test-slow      tests marked `slow` or `cryodrgn`
+#   make check-notebooks  notebooks are committed executed, in order, without volatile metadata
+#   make run-notebooks  re-execute notebooks/*.ipynb in place, strip volatile metadata, check
+#   make demo           cryofire-nb demo -o demo_out
+#   make bench          bench/run_all.py
+#   make cryodrgn-venv  .venv-cryodrgn/ with cryoDRGN 4.3.1 (CPU torch) for side-by-side checks
+#   make clean / distclean
+#
+# Needs only python3 >= 3.10 and pip. torch is pinned to 2.13.0 (pyproject.toml); on a
+# machine whose pip does not already find a CPU wheel, pass e.g.
+#   make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# to avoid the multi-GB CUDA build.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+TORCH_VERSION := 2.13.0
+TORCH_PIP_ARGS ?=
+CRYODRGN_VERSION := 4.3.1
+
+VENV := .venv
+VENV_BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+CRYODRGN_VENV := .venv-cryodrgn
+CRYODRGN_INSTALLED := $(CRYODRGN_VENV)/.installed
+
+# Thread counts pinned for reproducible, CI-sized runs (2 cores); tests/conftest.py pins
+# torch's own pool as well. Override on the command line: make test THREADS=8
+THREADS ?= 2
+RUN_ENV := OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) \
+	OPENBLAS_NUM_THREADS=$(THREADS) NUMEXPR_NUM_THREADS=$(THREADS) MPLBACKEND=Agg
+
+PYTEST_MARKERS ?= not slow and not cryodrgn
+PYTEST_ARGS ?=
+NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+# nbval collects the notebooks only when they exist, so `make test` works before they do.
+NBVAL_ARGS := $(if $(NOTEBOOKS),--nbval-lax --nbval-current-env $(NOTEBOOKS))
+
+.PHONY: help install test test-slow check-notebooks run-notebooks demo bench cryodrgn-venv \
+	cryodrgn-check clean distclean
+
+help:
+	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
+
+# ---------------------------------------------------------------- install
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "error: $(PYTHON) is older than 3.10; pass PYTHON=python3.11"; exit 1; }
+	test -x $(VENV_BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(VENV_BIN)/python -m pip install --quiet --upgrade pip
+	$(VENV_BIN)/python -m pip install $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
+	$(VENV_BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+# ---------------------------------------------------------------- tests
+# pytest exits 5 when it collects nothing; that is not a failure of the code.
+define run_pytest
+	$(RUN_ENV) $(VENV_BIN)/pytest $(1); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+endef
+
+test: $(INSTALLED)
+	@$(call run_pytest,-m "$(PYTEST_MARKERS)" tests/ $(NBVAL_ARGS) $(PYTEST_ARGS))
+
+test-slow: $(INSTALLED)
+	@$(call run_pytest,-m "slow or cryodrgn" tests/ $(PYTEST_ARGS))
+
+check-notebooks: $(INSTALLED)
+	$(VENV_BIN)/python tools/check_notebooks.py $(NOTEBOOKS)
+
+# Restart-and-run-all from the command line, so counts run 1, 2, 3, ... in cell order.
+# Pick some with: make run-notebooks NB="notebooks/01_*.ipynb"
+NB ?= $(NOTEBOOKS)
+run-notebooks: $(INSTALLED)
+	$(RUN_ENV) $(VENV_BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=3600 --ExecutePreprocessor.kernel_name=python3 $(NB)
+	$(VENV_BIN)/python tools/check_notebooks.py --fix $(NB)
+
+# ---------------------------------------------------------------- run
+demo: $(INSTALLED)
+	$(RUN_ENV) $(VENV_BIN)/cryofire-nb demo -o demo_out
+
+bench: $(INSTALLED)
+	@if [ -f bench/run_all.py ]; then \
+		$(RUN_ENV) $(VENV_BIN)/python bench/run_all.py; \
+	else echo "bench/run_all.py does not exist yet"; fi
+
+# ---------------------------------------------------------------- cryoDRGN side by side
+# cryoDRGN 4.3.1 asks for torch>=2, so the CPU torch is installed first and pinned again
+# alongside cryodrgn: pip then keeps it instead of pulling a CUDA build.
+cryodrgn-venv: $(CRYODRGN_INSTALLED)
+
+$(CRYODRGN_INSTALLED):
+	test -x $(CRYODRGN_VENV)/bin/python || $(PYTHON) -m venv $(CRYODRGN_VENV)
+	$(CRYODRGN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CRYODRGN_VENV)/bin/python -m pip install $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
+	$(CRYODRGN_VENV)/bin/python -m pip install "cryodrgn==$(CRYODRGN_VERSION)" "torch==$(TORCH_VERSION)"
+	$(MAKE) --no-print-directory cryodrgn-check
+	touch $@
+
+cryodrgn-check:
+	@for cmd in backproject_voxel abinit abinit_het_old train_vae; do \
+		$(CRYODRGN_VENV)/bin/cryodrgn $$cmd --help > /dev/null \
+			|| { echo "cryodrgn $$cmd --help failed"; exit 1; }; \
+		echo "cryodrgn $$cmd --help: ok"; \
+	done
+	@$(CRYODRGN_VENV)/bin/python -c 'import torch, cryodrgn; \
+		print("cryodrgn", cryodrgn.__version__, "torch", torch.__version__, \
+		"cuda build" if torch.version.cuda else "cpu build")'
+
+# ---------------------------------------------------------------- clean
+clean:
+	rm -rf build dist .pytest_cache demo_out bench/out *.egg-info
+	find . \( -path ./$(VENV) -o -path ./$(CRYODRGN_VENV) -o -path ./.git \) -prune -o \
+		\( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -print \
+		| xargs -r rm -rf
+
+distclean: clean
+	rm -rf $(VENV) $(CRYODRGN_VENV)

@@ -1,0 +1,35 @@
+"""Atomic file writing: write to a temporary file in the destination folder, then
+``os.replace`` it onto the final name, so a failed or interrupted write never leaves a
+partial output behind (the temporary file is removed on error)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it onto ``path``.
+
+    The temporary file lives in the same folder (so ``os.replace`` is atomic on one
+    file system) and keeps the final suffix (``.x.star.tmp1234.star``), so libraries
+    that look at the suffix behave. The destination folder is created if needed.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

@@ -1,0 +1,185 @@
+"""Pickle files in cryoDRGN's formats: poses, CTF parameters, latents, indices.
+
+============  ==============================================================
+file          content
+============  ==============================================================
+poses         ``pickle.dump((rots (n,3,3), trans (n,2)))``, trans in fraction of
+              the box; a rotations-only pickle ``rots (n,3,3)`` is also valid
+CTF           float32 ``(n, 9)`` ``[D, Apix, DefocusU, DefocusV, DefocusAngle (deg),
+              Voltage (kV), Cs (mm), w, PhaseShift (deg)]`` (see :mod:`.records`)
+latents       float32 ``(n, k)``; cryoDRGN's ``train_vae`` writes ``mu`` then
+              ``logvar`` as two consecutive pickles in one file (both forms read)
+indices       int64 ``(m,)`` of kept particle indices (0-based)
+============  ==============================================================
+
+Loaders take ``n_expected`` (the number of particles in the stack) and raise
+:class:`~cryofire_nb.errors.InputError` naming the file when counts differ; poses
+and CTF with NaN/inf are rejected. Writers are atomic.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ._atomic import atomic_path
+from .records import CtfParams, Latents, Poses
+
+_COUNT_FIX = ("it must describe the same particles, in the same order, as the particle stack; "
+              "if the stack was filtered, pass the same --ind or filter this file with write-subset")
+
+
+def load_pickles(path: str | Path) -> list:
+    """All objects pickled one after another in ``path`` (usually one, two for z.pkl)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found", "check the path")
+    objects = []
+    with open(path, "rb") as f:
+        while True:
+            try:
+                objects.append(pickle.load(f))
+            except EOFError:
+                break
+            except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as err:
+                if objects:  # trailing garbage after valid pickles: keep what was read
+                    break
+                raise InputError(path, f"not a readable pickle file ({err})",
+                                 "pass a .pkl written by cryoDRGN or cryofire_nb") from err
+    if not objects:
+        raise InputError(path, "the file is empty", "pass a .pkl written by cryoDRGN or cryofire_nb")
+    return objects
+
+
+def _array(path: Path, obj, what: str) -> np.ndarray:
+    try:
+        if hasattr(obj, "detach"):  # torch tensor
+            obj = obj.detach().cpu().numpy()
+        return np.asarray(obj)
+    except Exception as err:  # pragma: no cover - exotic objects
+        raise InputError(path, f"{what} is not an array ({type(obj).__name__})", None) from err
+
+
+def check_count(path: str | Path, n: int, n_expected: int | None, what: str) -> None:
+    """Raise InputError if a file with ``n`` rows does not match ``n_expected`` particles."""
+    if n_expected is not None and n != n_expected:
+        raise InputError(path, f"{what} has {n} entries but the particle stack has {n_expected} images", _COUNT_FIX)
+
+
+def _check_finite(path: Path, arr: np.ndarray, what: str) -> None:
+    bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InputError(path, f"{what} contains NaN or inf for {int(bad.sum())} particles (first: index {first})",
+                         "re-export the metadata, or drop those particles with write-subset --ind")
+
+
+# --------------------------------------------------------------------------- poses
+
+
+def read_poses(path: str | Path, n_expected: int | None = None) -> Poses:
+    """Read a pose pickle ``(rots, trans)`` or rotations-only ``rots``."""
+    path = Path(path)
+    obj = load_pickles(path)[0]
+    if isinstance(obj, (tuple, list)) and len(obj) in (1, 2):
+        rots = _array(path, obj[0], "rotations")
+        trans = _array(path, obj[1], "translations") if len(obj) == 2 else None
+    else:
+        rots, trans = _array(path, obj, "rotations"), None
+    if rots.ndim != 3 or rots.shape[1:] != (3, 3):
+        raise InputError(path, f"rotations have shape {rots.shape}, expected (n, 3, 3)",
+                         "pass a pose file written by parse-star/parse-cs or cryoDRGN")
+    if trans is not None and trans.shape != (rots.shape[0], 2):
+        raise InputError(path, f"translations have shape {trans.shape}, expected ({rots.shape[0]}, 2)",
+                         "pass a pose file written by parse-star/parse-cs or cryoDRGN")
+    check_count(path, rots.shape[0], n_expected, "pose file")
+    _check_finite(path, rots.astype(np.float64), "rotations")
+    if trans is not None:
+        _check_finite(path, trans.astype(np.float64), "translations")
+    return Poses(rots, trans)
+
+
+def write_poses(path: str | Path, poses: Poses) -> None:
+    """Write ``(rots float32, trans float32)`` (or ``rots`` alone when there are no shifts)."""
+    obj = poses.rots if poses.trans_frac is None else (poses.rots, poses.trans_frac)
+    _dump(path, [obj])
+
+
+# --------------------------------------------------------------------------- CTF
+
+
+def read_ctf(path: str | Path, n_expected: int | None = None) -> CtfParams:
+    """Read a CTF pickle, float32 ``(n, 9)``."""
+    path = Path(path)
+    table = _array(path, load_pickles(path)[0], "CTF table")
+    if table.ndim != 2 or table.shape[1] != 9:
+        raise InputError(path, f"CTF table has shape {table.shape}, expected (n, 9)",
+                         "pass a CTF file written by parse-star/parse-cs or cryoDRGN")
+    check_count(path, table.shape[0], n_expected, "CTF file")
+    _check_finite(path, table.astype(np.float64), "CTF table")
+    return CtfParams(table)
+
+
+def write_ctf(path: str | Path, ctf: CtfParams) -> None:
+    _dump(path, [ctf.table.astype(np.float32)])
+
+
+# --------------------------------------------------------------------------- latents
+
+
+def read_latents(path: str | Path, n_expected: int | None = None) -> Latents:
+    """Read latents: one pickle ``z (n, k)`` or two consecutive pickles ``mu``, ``logvar``."""
+    path = Path(path)
+    objs = load_pickles(path)
+    mu = _array(path, objs[0], "latents")
+    if mu.ndim == 1:
+        mu = mu[:, None]
+    if mu.ndim != 2:
+        raise InputError(path, f"latents have shape {mu.shape}, expected (n, zdim)", "pass a z.pkl")
+    logvar = None
+    if len(objs) > 1:
+        logvar = _array(path, objs[1], "latent log-variances").reshape(-1, *mu.shape[1:])
+        if logvar.shape != mu.shape:
+            raise InputError(path, f"second pickle (logvar) has shape {logvar.shape}, expected {mu.shape}",
+                             "pass a z.pkl")
+    check_count(path, mu.shape[0], n_expected, "latent file")
+    return Latents(mu, logvar)
+
+
+def write_latents(path: str | Path, latents: Latents) -> None:
+    """Write ``mu`` (and ``logvar`` as a second pickle when present), float32."""
+    objs = [latents.mu] if latents.logvar is None else [latents.mu, latents.logvar]
+    _dump(path, objs)
+
+
+# --------------------------------------------------------------------------- indices
+
+
+def read_indices(path: str | Path, n_total: int | None = None) -> np.ndarray:
+    """Read kept-particle indices, int64 ``(m,)``; checked against ``n_total`` particles."""
+    path = Path(path)
+    ind = _array(path, load_pickles(path)[0], "indices")
+    if ind.ndim != 1 or not (np.issubdtype(ind.dtype, np.integer) or ind.size == 0):
+        raise InputError(path, f"indices must be a 1-D integer array, got {ind.dtype} {ind.shape}",
+                         "pass an index .pkl (e.g. from write-subset or cryoDRGN filter)")
+    ind = ind.astype(np.int64)
+    if ind.size and ind.min() < 0:
+        raise InputError(path, f"negative index {int(ind.min())}", "indices are 0-based and non-negative")
+    if n_total is not None and ind.size and ind.max() >= n_total:
+        raise InputError(path, f"index {int(ind.max())} is out of range for {n_total} particles",
+                         "these indices were made for a different (larger) particle stack")
+    return ind
+
+
+def write_indices(path: str | Path, ind) -> None:
+    _dump(path, [np.asarray(ind, dtype=np.int64).reshape(-1)])
+
+
+def _dump(path: str | Path, objects: list) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            for obj in objects:
+                pickle.dump(obj, f, protocol=4)
