@@ -45,7 +45,7 @@ NBVAL_ARGS := $(if $(NOTEBOOKS),--nbval-lax --nbval-current-env $(NOTEBOOKS))
 	cryodrgn-check clean distclean
 
 help:
-	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,12p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- install
 install: $(INSTALLED)

@@ -110,7 +110,8 @@ def crossing(shell_px: Tensor, fsc: Tensor, threshold: float, d: int,
         nan = float("nan")
         return FSCCrossing(threshold, nan, nan, nan)
     j = int(below[0])
-    frac = (f[j - 1] - threshold) / (f[j - 1] - f[j])
+    # f[j - 1] >= threshold except when j = 1 and the zero shell is already below.
+    frac = (f[j - 1] - threshold) / (f[j - 1] - f[j]) if f[j - 1] >= threshold else 0.0
     freq_px = float(s[j - 1] + frac * (s[j] - s[j - 1]))
     if pixel_size_angstrom:
         per_a = freq_px / (d * pixel_size_angstrom)

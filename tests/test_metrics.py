@@ -157,6 +157,9 @@ def test_confusion_error_separable_two_and_three_states():
     res = confusion_error(z3, np.array([10, 20, 30])[lab3])
     assert res.error_fraction == 0 and res.exhaustive and len(res.thresholds) == 2
     assert res.class_order in ((30, 10, 20), (20, 10, 30))
+    json.dumps(res.to_dict(), allow_nan=False)
+    with pytest.raises(InputError):
+        confusion_error(z3, lab3[:-1])
 
 
 def _apply(x, thresholds, order):
@@ -234,13 +237,14 @@ SIGMA = 2.0
 
 
 def _blobs(centres, d=D_VOL):
-    """Sum of Gaussian blobs at ``centres`` (k, 3) as (x, y, z) px from the centre."""
+    """Sum of Gaussian blobs at ``centres`` (k, 3) as (x, y, z) px from the centre,
+    float32 (d, d, d) [z, y, x]."""
     r = torch.arange(d, dtype=F64) - d // 2
     z, y, x = torch.meshgrid(r, r, r, indexing="ij")
     pts = torch.stack([x, y, z], -1)  # (d, d, d, 3)
     c = torch.as_tensor(centres, dtype=F64)
     d2 = ((pts[..., None, :] - c) ** 2).sum(-1)  # (d, d, d, k)
-    return torch.exp(-d2 / (2 * SIGMA ** 2)).sum(-1)
+    return torch.exp(-d2 / (2 * SIGMA ** 2)).sum(-1).float()
 
 
 def _atoms(seed, k=6):
@@ -320,11 +324,12 @@ def test_state_fsc_and_per_image_fsc():
     def gen_bad(zi):
         return preds[1 - int(round(float(zi[0])))]
 
-    p = per_image_fsc(z, labels, gen, states, n_images=10, align=aligner)
-    np.testing.assert_array_equal(p.image_indices, np.arange(0, 100, 10))
-    p_bad = per_image_fsc(z, labels, gen_bad, states, n_images=10, align=aligner)
+    p = per_image_fsc(z, labels, gen, states, n_images=4, align=aligner)
+    np.testing.assert_array_equal(p.image_indices, [0, 25, 50, 75])  # CryoBench's sampling
+    p_bad = per_image_fsc(z, labels, gen_bad, states, n_images=4, align=aligner)
     assert p.mean_auc > p_bad.mean_auc + 0.1 and set(p.per_state) == {0, 1}
-    assert p.per_state[0][2] == 5
+    assert p.per_state[0][2] == 2
+    np.testing.assert_allclose(p.auc, [res[k].fsc.auc for k in p.labels])
 
 
 # --------------------------------------------------------------------------- one call

@@ -70,7 +70,8 @@ class ConfusionResult:
 
     def to_dict(self) -> dict:
         return {"error_fraction": self.error_fraction, "n_misclassified": self.n_misclassified,
-                "thresholds": [t if np.isfinite(t) else None for t in self.thresholds], "class_order": list(self.class_order),
+                "thresholds": [t if np.isfinite(t) else None for t in self.thresholds],
+                "class_order": list(self.class_order),
                 "n_classes": self.n_classes, "exhaustive": self.exhaustive}
 
 

@@ -259,8 +259,8 @@ def align_poses(pred_rots, gt_rots, config: AlignmentConfig | None = None) -> Po
     for r_h in (r_pred, mirror_rotations(r_pred)):
         g = _align_one_hand(r_h, r_true, cfg, anchors, scored)
         aligned = r_h @ g
-        hands.append((g, aligned, float(geodesic_error_deg(aligned, r_true).median()),
-                      float(view_error_deg(aligned, r_true).median())))
+        hands.append((g, aligned, float(np.median(geodesic_error_deg(aligned, r_true).numpy())),
+                      float(np.median(view_error_deg(aligned, r_true).numpy()))))
     mirrored = hands[1][2] < hands[0][2]
     g, aligned = hands[int(mirrored)][:2]
     return PoseAlignment(g, bool(mirrored), hands[0][2], hands[1][2], hands[0][3],

@@ -42,7 +42,8 @@ class RunMetrics:
                "translations": None if self.translations is None else self.translations.to_dict(),
                "conformation": None if self.conformation is None else self.conformation.to_dict(),
                "volumes": None if self.volumes is None else [v.to_dict() for v in self.volumes],
-               "per_image_fsc": None if self.per_image_fsc is None else self.per_image_fsc.to_dict()}
+               "per_image_fsc": (None if self.per_image_fsc is None
+                                 else self.per_image_fsc.to_dict())}
         return _clean(out)
 
     def summary_lines(self) -> list[str]:
@@ -62,8 +63,9 @@ class RunMetrics:
         ]
         t = self.translations
         if t is not None:
-            lines.append(f"translation error: median {t.median_px:.3f} px, mean {t.mean_px:.3f} px;"
-                         f" offset removed: median {t.median_offset_removed_px:.3f} px, mean "
+            lines.append(f"translation error: median {t.median_px:.3f} px, mean "
+                         f"{t.mean_px:.3f} px; offset removed: median "
+                         f"{t.median_offset_removed_px:.3f} px, mean "
                          f"{t.mean_offset_removed_px:.3f} px; offset (x, y, z) "
                          f"({t.offset_px[0]:.2f}, {t.offset_px[1]:.2f}, {t.offset_px[2]:.2f}) px")
         c = self.conformation
@@ -133,7 +135,7 @@ def evaluate_run(pred_rots, pred_trans, gt_rots, gt_trans, d: int, z=None, gt_co
         conf = conformation_metrics(z, gt_conf=gt_conf, gt_labels=gt_labels)
     vols = pimg = None
     if gt_volumes is not None and (pred_volumes is not None or volume_generator is not None):
-        d_vol = np.asarray(gt_volumes[0]).shape[-1]
+        d_vol = int(gt_volumes[0].shape[-1])
         offset = np.zeros(3) if trans is None else np.asarray(trans.offset_px) * d_vol / d
         aligner = functools.partial(align_volume, global_rotation=align.global_rotation,
                                     mirrored=align.mirrored, offset_px=offset)

@@ -30,6 +30,12 @@ def _volume(v, name: str) -> Tensor:
     return v
 
 
+def _mask(mask) -> Tensor | None:
+    if mask is None:
+        return None
+    return mask.detach() if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
+
+
 def volume_correlation(vol_a, vol_b, mask=None, about_mean: bool = True) -> float:
     """Real-space correlation of two volumes over all voxels, or over the voxels where
     ``mask`` (bool, or weights thresholded at 0.5) is set.
@@ -44,7 +50,7 @@ def volume_correlation(vol_a, vol_b, mask=None, about_mean: bool = True) -> floa
         raise InputError(None, f"volumes differ in size ({a.numel()} vs {b.numel()} voxels)",
                          "resample one volume to the other's box first")
     if mask is not None:
-        m = torch.as_tensor(np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask))
+        m = _mask(mask)
         m = (m > 0.5 if m.dtype != torch.bool else m).reshape(-1).to(a.device)
         a, b = a[m], b[m]
     if about_mean:
@@ -127,7 +133,7 @@ def state_volume_metrics(pred_volumes: Sequence, gt_volumes: Sequence,
         vp, vt = _volume(vp, f"pred_volumes[{k}]"), _volume(vt, f"gt_volumes[{k}]")
         if align is not None:
             vp = align(vp)
-        m = None if mask is None else torch.as_tensor(np.asarray(mask)).double()
+        m = None if mask is None else _mask(mask).double().to(vt.device)
         out.append(StateVolumeMetrics(k, volume_correlation(vp, vt, mask),
                                       fsc(vp.double(), vt.double(), pixel_size_angstrom, m)))
     return out
@@ -185,14 +191,16 @@ def per_image_fsc(z, labels, generator: Callable[[np.ndarray], Tensor],
                          "pass one z and one label per image")
     idx = np.arange(0, n, max(1, n // max(1, n_images)))
     lookup = gt_volume if callable(gt_volume) else (lambda k: gt_volume[k])
-    m = None if mask is None else torch.as_tensor(np.asarray(mask)).double()
+    m = _mask(mask)
+    m = None if m is None else m.double()
     aucs = []
     for i in idx:
         vol = _volume(generator(z[i]), "generated volume")
         if align is not None:
             vol = align(vol)
         ref = _volume(lookup(labels[i].item()), "true volume")
-        aucs.append(fsc(vol.double(), ref.double().to(vol.device), pixel_size_angstrom, m).auc)
+        aucs.append(fsc(vol.double(), ref.double().to(vol.device), pixel_size_angstrom,
+                        None if m is None else m.to(vol.device)).auc)
     aucs = np.asarray(aucs)
     per_state = {}
     for k in np.unique(labels[idx]):

@@ -49,7 +49,7 @@ def shift_to_stored(f_images: Tensor, shift_px) -> Tensor:
     """Translate centred Fourier images (b, d, d) by **minus** ``shift_px`` (b, 2) (x, y):
     the stored particle of a pose with shift ``t``."""
     t = torch.as_tensor(np.asarray(shift_px), dtype=torch.float64)
-    return translate_fourier(f_images, t).to(f_images.dtype)
+    return translate_fourier(f_images, -t).to(f_images.dtype)
 
 
 def to_real(f_images: Tensor) -> np.ndarray:

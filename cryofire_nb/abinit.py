@@ -1,0 +1,218 @@
+"""Ab initio consensus volume and poses by stochastic expectation-maximisation on an
+explicit Hartley voxel volume (the cryoSPARC ab initio idea), followed by full-data
+global search and local refinement.
+
+Why: amortised pose inference from a random start needs millions of images before the
+encoder escapes the near-symmetric initial blob (see ``docs/method.md``); a voxel volume
+costs a trilinear lookup per slice point, so thousands of candidate poses per image are
+affordable at low resolution, and noisy, annealed pose assignments let the volume escape
+spurious symmetric minima. The resulting poses then initialise the amortised encoder.
+
+Stages
+1. Stochastic EM (``n_iterations`` minibatches): the volume starts as the backprojection
+   of a random subset at random poses; each minibatch is scored against the current
+   volume over a rotation grid x shift grid within a growing frequency radius; the top
+   ``k`` poses per image are backprojected with annealed posterior weights into running
+   sums that decay (older, worse assignments are forgotten); the volume is kept
+   non-negative inside a spherical support in real space.
+2. Global search of every particle at the final EM radius with a finer grid.
+3. Local refinement rounds: rotation perturbations and shift offsets around each pose,
+   with the resolution raised to ``refine_radius_px`` and the steps halved each round.
+
+Dimension letters: N particles, b batch, k poses per image, m = d + 1.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .hartley_data import HartleyData
+from .rotations import random_rotations, so3_grid
+from .search import (Accumulator, global_search, hartley_volume_to_real, local_search,
+                     perturbation_grid, real_to_hartley_volume, shift_grid)
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class AbinitConfig:
+    """Settings of the voxel ab initio front end (defaults sized for d=32 on 2 CPU cores)."""
+
+    n_iterations: int = 200
+    batch_size: int = 200
+    n_init: int = 500
+    radius_start_px: float = 3.0
+    radius_end_px: float = 8.0
+    grid_coarse: tuple[int, int] = (300, 24)  # view directions x in-plane angles
+    grid_fine: tuple[int, int] = (1000, 36)
+    fine_after: float = 0.6  # fraction of the EM iterations after which the fine grid is used
+    max_shift_px: float = 1.5
+    shift_step_em_px: float = 1.0
+    shift_step_fine_px: float = 0.5
+    top_k_start: int = 20
+    top_k_end: int = 3
+    beta_start: float = 0.1
+    beta_end: float = 1.0
+    decay_start: float = 0.7
+    decay_end: float = 0.95
+    reg_fraction: float = 0.1  # Wiener-like regulariser as a fraction of the mean weight
+    positivity: bool = True
+    support_radius: float = 0.4  # real-space support radius as a fraction of the box
+    refine_rounds: int = 3
+    refine_radius_px: float | None = None  # default d/2
+    refine_step_deg: float = 3.0
+    refine_shift_step_px: float = 0.25
+    batch_size_full: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n_iterations < 1 or self.batch_size < 1:
+            raise ValueError("n_iterations and batch_size must be positive")
+        if not 0 < self.radius_start_px <= self.radius_end_px:
+            raise ValueError("need 0 < radius_start_px <= radius_end_px")
+        if not 0 < self.support_radius <= 0.5:
+            raise ValueError("support_radius is a fraction of the box in (0, 0.5]")
+
+
+@dataclass
+class AbinitResult:
+    rots: Tensor  # (N, 3, 3)
+    shifts_px: Tensor  # (N, 2)
+    volume_hartley: Tensor  # (m, m, m)
+    volume: Tensor  # (d, d, d) real space, in units of the normalised data
+    history: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+
+def _lerp(a: float, b: float, f: float) -> float:
+    return a + (b - a) * f
+
+
+class _VolumeModel:
+    """Running backprojection sums plus the real-space constraints."""
+
+    def __init__(self, d: int, cfg: AbinitConfig, dtype, device):
+        self.acc = Accumulator.zeros(d, dtype=dtype, device=device)
+        r = torch.arange(d, dtype=dtype, device=device) - d // 2
+        zz, yy, xx = torch.meshgrid(r, r, r, indexing="ij")
+        self.support = ((xx ** 2 + yy ** 2 + zz ** 2).sqrt() <= cfg.support_radius * d).to(dtype)
+        self.cfg = cfg
+
+    def volume(self) -> Tensor:
+        den = self.acc.den
+        lam = self.cfg.reg_fraction * den[den > 0].mean() if (den > 0).any() else 1.0
+        vol_h = self.acc.volume(lam)
+        v = hartley_volume_to_real(vol_h) * self.support
+        if self.cfg.positivity:
+            v = v.clamp_min(0)
+        return real_to_hartley_volume(v)
+
+
+def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s: float | None = None,
+               progress: bool = True, callback=None) -> AbinitResult:
+    """Ab initio poses and consensus volume for all particles of ``data``.
+
+    ``callback(stage, info: dict)`` is called after each logged step (for ground-truth
+    monitoring in notebooks and the trainer). ``time_limit_s`` bounds the EM stage and
+    shortens refinement when exceeded.
+    """
+    cfg = cfg or AbinitConfig()
+    t0 = time.time()
+    lat, d, n = data.lattice, data.lattice.d, data.n_particles
+    dev, dt = data.x.device, data.x.dtype
+    g = torch.Generator().manual_seed(cfg.seed)
+    model = _VolumeModel(d, cfg, dt, dev)
+    hist: list[dict] = []
+
+    def index_for(radius: float, dc: bool = False) -> Tensor:
+        return torch.nonzero(lat.mask(radius, exclude_dc=not dc)).squeeze(1)
+
+    # initial volume: a random subset backprojected at random poses
+    init = torch.randperm(n, generator=g)[: min(n, cfg.n_init)]
+    bp_index = index_for(cfg.radius_start_px + 2, dc=True)
+    model.acc.add(data.x[init], data.ctf[init], lat, bp_index,
+                  random_rotations(len(init), g, dtype=dt).to(dev)[:, None],
+                  torch.zeros(len(init), 1, 2, dtype=dt, device=dev))
+
+    grid_c = so3_grid(*cfg.grid_coarse, dtype=dt, device=dev)
+    grid_f = so3_grid(*cfg.grid_fine, dtype=dt, device=dev)
+    shifts_em = shift_grid(cfg.max_shift_px, cfg.shift_step_em_px, dtype=dt).to(dev)
+    sigma2 = None
+    it_range = range(cfg.n_iterations)
+    bar = tqdm(it_range, desc="ab initio EM", disable=not progress)
+    for it in bar:
+        f = it / max(1, cfg.n_iterations - 1)
+        radius = _lerp(cfg.radius_start_px, cfg.radius_end_px, f)
+        index = index_for(radius)
+        vol_h = model.volume()
+        bi = torch.randint(0, n, (cfg.batch_size,), generator=g).to(dev)
+        x, c = data.x[bi], data.ctf[bi]
+        if sigma2 is None:
+            sigma2 = float((x[:, index] ** 2).mean())
+        k = max(1, round(_lerp(cfg.top_k_start, cfg.top_k_end, f)))
+        res = global_search(x, c, vol_h, lat, index, grid_c if f < cfg.fine_after else grid_f,
+                            shifts_em, sigma2, top_k=k, beta=_lerp(cfg.beta_start, cfg.beta_end, f))
+        sigma2 = 0.9 * sigma2 + 0.1 * float(res.sq_err.mean() / index.numel())
+        model.acc.decay(_lerp(cfg.decay_start, cfg.decay_end, f))
+        model.acc.add(x, c, lat, index_for(radius + 2, dc=True), res.rots, res.shifts_px, res.weights)
+        info = {"stage": "em", "iteration": it, "radius_px": radius, "sigma2": sigma2,
+                "top_weight": float(res.weights[:, 0].mean()), "elapsed_s": time.time() - t0}
+        hist.append(info)
+        if callback is not None and (it % 20 == 0 or it == cfg.n_iterations - 1):
+            callback("em", dict(info, batch_index=bi, rots=res.rots[:, 0]))
+        bar.set_postfix(r=f"{radius:.1f}", w=f"{info['top_weight']:.2f}")
+        if time_limit_s is not None and time.time() - t0 > 0.6 * time_limit_s:
+            break
+
+    # stage 2: global search of every particle at the final EM radius
+    vol_h = model.volume()
+    index = index_for(cfg.radius_end_px)
+    shifts_f = shift_grid(cfg.max_shift_px, cfg.shift_step_fine_px, dtype=dt).to(dev)
+    rots = torch.empty(n, 3, 3, dtype=dt, device=dev)
+    shifts = torch.empty(n, 2, dtype=dt, device=dev)
+    errs = torch.empty(n, dtype=dt, device=dev)
+    for i in tqdm(range(0, n, cfg.batch_size_full), desc="global search", disable=not progress):
+        sl = slice(i, min(n, i + cfg.batch_size_full))
+        res = global_search(data.x[sl], data.ctf[sl], vol_h, lat, index, grid_f, shifts_f, sigma2)
+        rots[sl], shifts[sl], errs[sl] = res.rots[:, 0], res.shifts_px[:, 0], res.sq_err
+    hist.append({"stage": "global", "mean_sq_err": float(errs.mean() / index.numel()), "elapsed_s": time.time() - t0})
+    if callback is not None:
+        callback("global", {"rots": rots, "shifts_px": shifts})
+
+    # stage 3: local refinement with rising resolution and shrinking steps
+    r_final = cfg.refine_radius_px or d / 2
+    step, sstep = cfg.refine_step_deg, cfg.refine_shift_step_px
+    for rnd in range(cfg.refine_rounds):
+        model = _VolumeModel(d, cfg, dt, dev)
+        radius = _lerp(cfg.radius_end_px, r_final, (rnd + 1) / cfg.refine_rounds)
+        bp = index_for(min(d / 2, radius + 2), dc=True)
+        for i in range(0, n, cfg.batch_size_full):
+            sl = slice(i, min(n, i + cfg.batch_size_full))
+            model.acc.add(data.x[sl], data.ctf[sl], lat, bp, rots[sl, None], shifts[sl, None])
+        vol_h = model.volume()
+        if time_limit_s is not None and time.time() - t0 > time_limit_s:
+            break
+        index = index_for(radius)
+        pert = perturbation_grid(step, 1, dtype=dt).to(dev)
+        offs = shift_grid(sstep, sstep, dtype=dt).to(dev)
+        for i in tqdm(range(0, n, cfg.batch_size_full), desc=f"refine {rnd + 1}", disable=not progress):
+            sl = slice(i, min(n, i + cfg.batch_size_full))
+            res = local_search(data.x[sl], data.ctf[sl], vol_h, lat, index, rots[sl], shifts[sl], pert, offs, sigma2)
+            rots[sl], shifts[sl] = res.rots[:, 0], res.shifts_px[:, 0].clamp(-cfg.max_shift_px, cfg.max_shift_px)
+        hist.append({"stage": "refine", "round": rnd, "radius_px": radius, "step_deg": step, "elapsed_s": time.time() - t0})
+        if callback is not None:
+            callback("refine", {"rots": rots, "shifts_px": shifts})
+        step, sstep = step / 2, sstep / 2
+
+    model = _VolumeModel(d, cfg, dt, dev)
+    full = index_for(d / 2, dc=True)
+    for i in range(0, n, cfg.batch_size_full):
+        sl = slice(i, min(n, i + cfg.batch_size_full))
+        model.acc.add(data.x[sl], data.ctf[sl], lat, full, rots[sl, None], shifts[sl, None])
+    vol_h = model.volume()
+    return AbinitResult(rots, shifts, vol_h, hartley_volume_to_real(vol_h), hist, asdict(cfg))
