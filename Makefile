@@ -32,7 +32,7 @@ CRYODRGN_INSTALLED := $(CRYODRGN_VENV)/.installed
 # Thread counts pinned for reproducible, CI-sized runs (2 cores); tests/conftest.py pins
 # torch's own pool as well. Override on the command line: make test THREADS=8
 THREADS ?= 2
-RUN_ENV := OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) \
+RUN_ENV := OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) \
 	OPENBLAS_NUM_THREADS=$(THREADS) NUMEXPR_NUM_THREADS=$(THREADS) MPLBACKEND=Agg
 
 PYTEST_MARKERS ?= not slow and not cryodrgn

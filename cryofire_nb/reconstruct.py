@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from .ctf import CTFParams
 from .fft import fft2_center, freqs_1d, ifft3_center, translate_fourier
-from .fsc import FSCResult, fsc, shell_index
+from .fsc import FSCResult, fsc
 from .projection import scatter_trilinear, slice_positions
 
 Tensor = torch.Tensor
@@ -156,7 +156,8 @@ class FourierAccumulator:
             f = translate_fourier(f, torch.as_tensor(shift_px).to(device=f.device, dtype=cfg.dtype))
         f = f.reshape(b, -1)[:, self.keep]  # (b, n)
         if ctf is not None:
-            c = ctf.evaluate(self.freqs, d).to(device=f.device, dtype=cfg.dtype)  # (b, n)
+            ctf = CTFParams.from_table(ctf.to_table().to(f.device))
+            c = ctf.evaluate(self.freqs, d).to(dtype=cfg.dtype)  # (b, n)
             if cfg.ctf_mode == "wiener":
                 f, w = f * c, c * c
             else:
@@ -205,14 +206,18 @@ class FourierAccumulator:
         mean_den = tot / cnt.clamp_min(1)
         return mean_den / snr_map  # (n,)
 
-    def finish(self, pixel_size_angstrom: float | None = None) -> ReconstructionResult:
-        """Solve for the full map and the two half-maps; does not change the sums."""
-        cfg = self.config
+    def finish(self, pixel_size_angstrom: float | None = None,
+               wiener_snr: float | None = ...) -> ReconstructionResult:
+        """Solve for the full map and the two half-maps; does not change the sums, so it
+        can be called again with another ``wiener_snr`` (default: the config's)."""
+        snr = self.config.wiener_snr if wiener_snr is ... else wiener_snr
+        if snr is not None and not snr > 0:
+            raise ValueError(f"wiener_snr must be > 0 (or None to estimate it), got {snr}")
         num = self.num + _friedel(self.num, conj=True)  # (2, g, g, g)
         den = self.den + _friedel(self.den, conj=False)
         shells = self._grid_shells()
         n = self.d // 2 + 1
-        if cfg.wiener_snr is None:
+        if snr is None:
             # Provisional maps assuming a map SNR of 1000, then one FSC-based refinement.
             inv = self._inv_snr_from_fsc(torch.ones(n, dtype=torch.float64), den.sum(0), shells)
             for _ in range(2):
@@ -220,7 +225,7 @@ class FourierAccumulator:
                 a, b = self._volume(num[0], den[0], inv_grid), self._volume(num[1], den[1], inv_grid)
                 inv = self._inv_snr_from_fsc(fsc(a, b).fsc.to(den.device), den.sum(0), shells)
         else:
-            value = 0.0 if math.isinf(cfg.wiener_snr) else 1.0 / cfg.wiener_snr
+            value = 0.0 if math.isinf(snr) else 1.0 / snr
             inv = torch.full((n,), value, dtype=torch.float64, device=den.device)
         inv_grid = inv.to(device=den.device, dtype=den.dtype)[shells]
         half_a = self._volume(num[0], den[0], inv_grid)

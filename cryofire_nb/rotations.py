@@ -102,8 +102,10 @@ def matrix_to_relion_euler(r) -> Tensor:
     psi = torch.atan2(a[..., 2, 1], -a[..., 2, 0])
     pole = torch.sin(tilt).abs() < 1e-6
     if pole.any():
-        # A = Rz(rot) Ry(0 or pi) Rz(psi): choose psi = 0 and read rot from A's first column.
-        rot_pole = torch.atan2(a[..., 1, 0], a[..., 0, 0] * torch.sign(a[..., 2, 2]))
+        # A = Rz(rot) Ry(0 or pi) Rz(psi): choose psi = 0 and read rot from A's first column,
+        # which is (cos rot, sin rot, 0) at tilt 0 and (-cos rot, -sin rot, 0) at tilt 180.
+        flip = torch.sign(a[..., 2, 2])
+        rot_pole = torch.atan2(a[..., 1, 0] * flip, a[..., 0, 0] * flip)
         rot = torch.where(pole, rot_pole, rot)
         psi = torch.where(pole, torch.zeros_like(psi), psi)
     return torch.rad2deg(torch.stack([rot, tilt, psi], dim=-1))

@@ -18,6 +18,9 @@ from pathlib import Path
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Idle OpenMP workers sleep instead of spinning: spinning workers slow a loaded 2-core
+# machine 10-30x when several processes (or notebook kernels) share it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -19,7 +19,7 @@ import torch
 
 from cryofire_nb.cli import main
 from cryofire_nb.ctf import CTFParams
-from cryofire_nb.fft import fft2_center, freqs_1d, ifft2_center, translate_fourier
+from cryofire_nb.fft import freqs_1d, ifft2_center, translate_fourier
 from cryofire_nb.fsc import FSCCrossing, crossing, fsc
 from cryofire_nb.io.mrc import read_mrc, write_mrc
 from cryofire_nb.reconstruct import (BackprojectConfig, FourierAccumulator, reconstruct,
@@ -154,7 +154,7 @@ def test_reconstruct_wrong_choices_are_worse(clean_data):
 @pytest.mark.parametrize("mode", ["wiener", "phase_flip"])
 def test_reconstruct_modes_and_dtypes(clean_data, dtype, mode):
     stored, rots, shift_px, ctf, truth = clean_data
-    sub = slice(0, 400)
+    sub = slice(0, 300)
     res = reconstruct(stored[sub].to(dtype), rots[sub].to(dtype), shift_px[sub].to(dtype),
                       CTFParams.from_table(ctf.to_table()[sub]),
                       BackprojectConfig(ctf_mode=mode, dtype=dtype, batch_size=128))
@@ -166,28 +166,29 @@ def test_reconstruct_without_ctf_odd_box():
     """No CTF, un-inverted images, odd box size, plain division (snr = inf)."""
     d = 31
     blobs = _blobs(seed=5)
-    rots = random_rotations(800, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    rots = random_rotations(600, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     images = ifft2_center(blob_projections(d, blobs, rots)).real
-    res = reconstruct(images, rots, config=BackprojectConfig(invert_contrast=False, wiener_snr=math.inf,
-                                                            dtype=torch.float64))
+    res = reconstruct(images.float(), rots.float(), config=BackprojectConfig(invert_contrast=False,
+                                                                            wiener_snr=math.inf))
     assert res.volume.shape == (d, d, d)
     assert corr(res.volume, blob_volume(d, blobs)) > 0.95
 
 
 def test_noisy_half_maps_give_a_finite_resolution(noisy_data):
     stored, rots, shift_px, ctf, truth = noisy_data
-    res = reconstruct(stored.float(), rots.float(), shift_px.float(), ctf, pixel_size_angstrom=APIX)
+    acc = FourierAccumulator(D, BackprojectConfig(batch_size=500))
+    acc.add(stored.float(), rots.float(), shift_px.float(), ctf)
+    res = acc.finish(pixel_size_angstrom=APIX)  # SNR estimated from the half-maps
     f = res.fsc
     assert f.at_0_5.crossed and 1 < f.at_0_5.frequency_px < D // 2, f.at_0_5
     assert math.isfinite(f.at_0_5.resolution_angstrom)
     assert f.at_0_5.resolution_angstrom == pytest.approx(D * APIX / f.at_0_5.frequency_px)
     if f.at_0_143.crossed:
         assert f.at_0_143.frequency_px >= f.at_0_5.frequency_px
-    # The full map beats each half and the estimated regularisation beats none.
+    # The full map beats each half, and the estimated regularisation beats none.
     c_full, c_half = corr(res.volume, truth), corr(res.half_a, truth)
     assert c_full > c_half and c_full > 0.8, (c_full, c_half)
-    plain = reconstruct(stored.float(), rots.float(), shift_px.float(), ctf,
-                        BackprojectConfig(wiener_snr=math.inf))
+    plain = acc.finish(wiener_snr=math.inf)
     assert c_full > corr(plain.volume, truth) + 0.02
     # 1/snr grows from low to high frequency as the signal fades.
     inv = res.inv_snr_per_shell
@@ -197,14 +198,13 @@ def test_noisy_half_maps_give_a_finite_resolution(noisy_data):
 def test_accumulator_batches_and_half_assignment(clean_data):
     """Batch size does not matter; half-maps are decided by particle index parity."""
     stored, rots, shift_px, ctf, truth = clean_data
-    sub = slice(0, 300)
+    sub = slice(0, 120)
     imgs, r, t = stored[sub].double(), rots[sub].double(), shift_px[sub].double()
     table = ctf.to_table()[sub]
     cfg = BackprojectConfig(dtype=torch.float64, wiener_snr=10.0)
-    one = reconstruct(imgs, r, t, CTFParams.from_table(table), BackprojectConfig(dtype=torch.float64, wiener_snr=10.0, batch_size=300))
+    one = reconstruct(imgs, r, t, CTFParams.from_table(table), BackprojectConfig(dtype=torch.float64, wiener_snr=10.0, batch_size=120))
     acc = FourierAccumulator(D, cfg)
-    for i in (0, 7, 150):  # uneven batches, fed out of order
-        j = {0: 7, 7: 150, 150: 300}[i]
+    for i, j in ((90, 120), (0, 7), (7, 90)):  # uneven batches, out of order
         acc.add(imgs[i:j], r[i:j], t[i:j], CTFParams.from_table(table[i:j]), torch.arange(i, j))
     many = acc.finish()
     torch.testing.assert_close(many.volume, one.volume, rtol=1e-9, atol=1e-9)
@@ -269,7 +269,7 @@ def test_fsc_identical_and_independent(d):
     other = fsc(v, torch.randn(d, d, d, generator=g, dtype=torch.float64))
     assert float(other.fsc[2:].abs().max()) < 0.35
     assert other.at_0_5.crossed and other.at_0_5.frequency_px <= 1.0
-    assert abs(other.auc) < 0.06
+    assert abs(other.auc) < 0.3 * same.auc  # only FSC(0) := 1 and chance remain
     neg = fsc(v, -v)
     assert neg.auc == pytest.approx(-(d // 2 - 1) / d + 1 / d)  # FSC(0) forced to 1 as in CryoBench
 
@@ -319,7 +319,7 @@ def particle_files(tmp_path_factory, clean_data):
     """A small dataset on disk: stack, poses (trans = px / D), CTF table."""
     folder = tmp_path_factory.mktemp("bp")
     stored, rots, shift_px, ctf, truth = clean_data
-    n = 800
+    n = 400
     write_mrc(folder / "particles.mrcs", stored[:n].float().numpy(), pixel_size_angstrom=APIX)
     with open(folder / "poses.pkl", "wb") as f:
         pickle.dump((rots[:n].float().numpy(), (shift_px[:n] / D).float().numpy()), f)
@@ -346,12 +346,12 @@ def test_backproject_cli(particle_files, out_dir):
 
 def test_backproject_cli_ind_first_and_flip(particle_files, out_dir):
     folder, truth = particle_files
-    ind = np.arange(0, 800, 2)
+    ind = np.arange(0, 400, 2)
     with open(folder / "ind.pkl", "wb") as f:
         pickle.dump(ind, f)
     out = out_dir / "sub.mrc"
     rc = main(["backproject", str(folder / "particles.mrcs"), "--poses", str(folder / "poses.pkl"),
-               "--ctf", str(folder / "ctf.pkl"), "--ind", str(folder / "ind.pkl"), "--first", "300",
+               "--ctf", str(folder / "ctf.pkl"), "--ind", str(folder / "ind.pkl"), "--first", "150",
                "--phase-flip", "--lazy", "-o", str(out)])
     assert rc == 0
     assert corr(torch.as_tensor(read_mrc(out).data), truth) > 0.8
@@ -371,7 +371,7 @@ def test_backproject_cli_bad_input(particle_files, out_dir, capsys):
     rc = main(["backproject", str(folder / "particles.mrcs"), "--poses", str(folder / "short_poses.pkl"),
                "-o", str(out)])
     err = capsys.readouterr().err
-    assert rc == 2 and "short_poses.pkl" in err and "particles.mrcs" in err and "10" in err and "800" in err
+    assert rc == 2 and "short_poses.pkl" in err and "particles.mrcs" in err and "10" in err and "400" in err
     assert not out.exists() and list(out_dir.iterdir()) == []
     # Odd box: a clear error naming the stack.
     write_mrc(folder / "odd.mrcs", np.zeros((4, 9, 9), np.float32), pixel_size_angstrom=1.0)

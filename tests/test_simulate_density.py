@@ -40,7 +40,8 @@ def test_demo_structures_are_heavy_atoms_superposed_and_centred(adk):
     assert adk.n_states == 2 and adk.n_atoms == 1656
     assert set(adk.elements) == {"C", "N", "O", "S"}
     # CORE CA already superposed: a fresh Kabsch fit finds (nearly) nothing to rotate.
-    ca = np.array([i for i, a in enumerate(adk.atom_ids) if a.endswith("/CA") and int(a.split()[1].split("/")[0]) in CORE])
+    resnum = [int(a.split()[1].split("/")[0]) for a in adk.atom_ids]  # 'A/MET 1/CA' -> 1
+    ca = np.array([i for i, a in enumerate(adk.atom_ids) if a.endswith("/CA") and resnum[i] in CORE])
     x, y = adk.states_angstrom[1][ca], adk.states_angstrom[0][ca]
     u, _, vt = np.linalg.svd((x - x.mean(0)).T @ (y - y.mean(0)))
     angle = math.degrees(math.acos(np.clip((np.trace(u @ vt) - 1) / 2, -1, 1)))

@@ -34,6 +34,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--phase-flip", action="store_true", help="phase-flip the images instead of multiplying by the CTF")
     parser.add_argument("--lazy", action="store_true", help="read images from disk batch by batch")
     parser.add_argument("-b", "--batch-size", type=int, default=256, help="images per batch (default 256)")
+    parser.add_argument("--oversample", type=int, choices=(1, 2), default=2,
+                        help="Fourier grid of oversample*D voxels per side (default 2; 1 needs 8x less memory)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
 
 
@@ -143,7 +145,8 @@ def main(args: argparse.Namespace) -> int:
         pixel_size = float(ctf.pixel_size_angstrom[0] * ctf.image_size[0] / d)
     config = BackprojectConfig(
         ctf_mode="phase_flip" if args.phase_flip else "wiener", wiener_snr=args.wiener_snr,
-        invert_contrast=not args.uninvert_data, batch_size=args.batch_size, device=args.device)
+        invert_contrast=not args.uninvert_data, oversample=args.oversample, batch_size=args.batch_size,
+        device=args.device)
     acc = FourierAccumulator(d, config)
     rots = torch.as_tensor(poses.rots)
     shift_px = torch.as_tensor(poses.shift_px(d))

@@ -21,12 +21,14 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..simulate import SimConfig, simulate_dataset
 
+    for flag, value, minimum in (("--n-particles", args.n_particles, 1), ("--seed", args.seed, 0),
+                                 ("--chunk-size", args.chunk_size, 1)):
+        if value is not None and value < minimum:
+            raise InputError(None, f"{flag} must be >= {minimum}, got {value}", f"pass a valid {flag}")
     config = SimConfig.from_yaml(args.config)
     changes = {k: v for k, v in (("n_particles", args.n_particles), ("seed", args.seed)) if v is not None}
     if changes:
         config = config.replace(**changes)
-    if args.chunk_size < 1:
-        raise InputError(None, f"--chunk-size must be positive, got {args.chunk_size}", "pass e.g. --chunk-size 256")
     result = simulate_dataset(config, args.outdir, chunk_size=args.chunk_size, overwrite=args.overwrite)
     print(f"wrote {result.n_particles} particles ({config.d} px, {config.pixel_size_angstrom} A/px) to "
           f"{result.out_dir} in {result.seconds:.1f} s; noise std {result.noise_std:.4g}, "

@@ -5,7 +5,7 @@ Two variants (record which one a run used: ``EncoderConfig.variant``):
 
 - ``'paper'`` (Levy et al. 2022): VGG-like stack of (conv, conv, max-pool) blocks down
   to 1-2 px, a shared 2-layer MLP to ``hidden`` features, a z head, and pose heads fed
-  ``concat(features, z_mu)``.
+  ``concat(features, z_mu)`` (the mean, not a sample: poses are deterministic).
 - ``'released'`` (the authors' code): blocks of (conv, conv, avg-pool, group-norm),
   16 -> up to 1024 channels, convolutional heads; pose does not see z.
 

@@ -136,7 +136,8 @@ def conformations_from_models(models: list[AtomicModel]) -> Conformations:
             i = next(j for j in range(len(ref)) if (m.atom_ids[j], m.elements[j]) != (ref.atom_ids[j], ref.elements[j]))
             raise InputError(m.path, f"atom {i} is {m.atom_ids[i]} ({m.elements[i]}) but in {ref.path} it is "
                              f"{ref.atom_ids[i]} ({ref.elements[i]})",
-                             "all states must contain the same atoms in the same order (same chain, residue and atom names)")
+                             "all states must contain the same atoms in the same order "
+                             "(same chain, residue and atom names)")
     states = np.stack([m.coords_angstrom for m in models])  # (k, n, 3)
     return Conformations(states, ref.elements, ref.atomic_numbers, ref.atom_ids)
 

@@ -206,7 +206,8 @@ class SimConfig:
                      "list two or more states, or use kind: discrete")
         elif het.weights is not None:
             _require(len(het.weights) == len(paths), src,
-                     f"{len(het.weights)} heterogeneity.weights for {len(paths)} structures", "give one weight per structure")
+                     f"{len(het.weights)} heterogeneity.weights for {len(paths)} structures",
+                     "give one weight per structure")
         for name in ("n_particles", "d", "seed", "snr_reference_particles"):
             v = getattr(self, name)
             _require(isinstance(v, int) and not isinstance(v, bool) and v >= (0 if name == "seed" else 1), src,

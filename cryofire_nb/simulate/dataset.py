@@ -173,9 +173,10 @@ def render_clean(plan: SimulationPlan, indices) -> np.ndarray:
     cfg, p = plan.config, plan.params
     indices = np.asarray(indices, dtype=np.int64)
     ctf = None if p.ctf_table is None else CTFParams.from_table(torch.from_numpy(p.ctf_table[indices]))
+    ctf_bfactor = 0.0 if cfg.ctf is None else cfg.ctf.bfactor_angstrom2
     return clean_particles(particle_coords(plan, indices), plan.scattering, p.rots[indices].astype(np.float64),
                            p.shift_px[indices].astype(np.float64), ctf, cfg.d, cfg.pixel_size_angstrom,
-                           cfg.density.effective_bfactor_angstrom2, 0.0 if cfg.ctf is None else cfg.ctf.bfactor_angstrom2)
+                           cfg.density.effective_bfactor_angstrom2, ctf_bfactor)
 
 
 def render(plan: SimulationPlan, indices) -> np.ndarray:

@@ -180,34 +180,42 @@ def project_atoms(coords_angstrom, weights, rots, d: int, pixel_size_angstrom: f
     ``a'[:2]`` matters. The inverse DFT (``ifft2_center(...).real``) equals
     ``project_fourier(volume_from_atoms(...), rots)`` up to interpolation error.
     Only ``kx >= 0`` is summed over atoms; ``kx < 0`` follows from ``F(-k) = conj F(k)``.
-    Particles are processed ``max_elements / (n d)`` at a time (phase arrays stay small).
+    Particles are processed in groups of ``max_elements / (n (d/2 + 1))`` (phase arrays stay
+    small), padded to full size so results do not depend on the caller's batching.
     """
     rots = torch.as_tensor(rots.numpy() if torch.is_tensor(rots) else np.asarray(rots), dtype=torch.float64)
     xyz = torch.as_tensor(coords_angstrom.numpy() if torch.is_tensor(coords_angstrom) else np.asarray(coords_angstrom),
                           dtype=torch.float64)
     b, n, h = rots.shape[0], xyz.shape[-2], d // 2
     scat = _as_scattering(weights, n)
+    order = np.argsort(scat.species_of_atom, kind="stable")  # atoms grouped by species
+    bounds = np.searchsorted(scat.species_of_atom[order], np.arange(scat.n_species + 1))
+    xyz = xyz[..., torch.as_tensor(order), :]
     m = torch.arange(-h, h + 1, dtype=torch.float64) / (d * pixel_size_angstrom)  # (2h+1,) 1/A
     q2 = m[:, None] ** 2 + m[None, h:] ** 2  # (2h+1, h+1): rows ky = -h..h, cols kx = 0..h
     envelopes = [scat.form_factor(q2, s, bfactor_angstrom2).to(dtype) for s in range(scat.n_species)]
-    groups = [torch.as_tensor(np.flatnonzero(scat.species_of_atom == s)) for s in range(scat.n_species)]
-    unit = bool(np.all(scat.atom_weight == 1.0))
-    w_all = torch.as_tensor(scat.atom_weight, dtype=torch.float64).to(dtype)
+    weight = None if np.all(scat.atom_weight == 1.0) else torch.as_tensor(scat.atom_weight[order]).to(dtype)
     chunk = max(1, max_elements // max(1, n * (h + 1)))
     out = torch.empty(b, d, d, dtype=dtype)
     for lo in range(0, b, chunk):
-        r = rots[lo:lo + chunk]  # (b', 3, 3)
-        a = xyz if xyz.dim() == 2 else xyz[lo:lo + chunk]
+        # Every group has exactly `chunk` particles (the last one padded by repeating its
+        # last particle): batched matrix products then take the same code path for every
+        # particle, so a particle's image does not depend on how the caller batched it.
+        take = torch.arange(lo, lo + chunk).clamp(max=b - 1)
+        r = rots[take]  # (chunk, 3, 3)
+        a = xyz if xyz.dim() == 2 else xyz[take]
         xy = r[:, :2] @ a.transpose(-1, -2)  # (b', 2, n): x' and y' of R a
+        px = _phase_powers(xy[:, 0], d, pixel_size_angstrom, dtype)  # (b', h+1, n) kx = 0..h
+        py = _phase_powers(xy[:, 1], d, pixel_size_angstrom, dtype)  # (b', h+1, n) ky = 0..h
+        if weight is not None:
+            py = py * weight
+        py = torch.cat([py[:, 1:].flip(1).conj(), py], 1)  # (b', 2h+1, n) ky = -h..h
         half = torch.zeros(r.shape[0], 2 * h + 1, h + 1, dtype=dtype)  # rows ky = -h..h, cols kx = 0..h
-        for env, idx in zip(envelopes, groups):
-            px = _phase_powers(xy[:, 0, idx], d, pixel_size_angstrom, dtype)  # (b', h+1, n_s) kx = 0..h
-            py = _phase_powers(xy[:, 1, idx], d, pixel_size_angstrom, dtype)  # (b', h+1, n_s) ky = 0..h
-            if not unit:
-                py = py * w_all[idx][None, None, :]
-            py = torch.cat([py[:, 1:].flip(1).conj(), py], 1)  # (b', 2h+1, n_s) ky = -h..h
-            half += env * (py @ px.transpose(1, 2))  # (b', 2h+1, h+1)
+        for s, env in enumerate(envelopes):
+            sl = slice(int(bounds[s]), int(bounds[s + 1]))
+            half += env * (py[..., sl] @ px[..., sl].transpose(1, 2))  # (b', 2h+1, h+1)
         # kx >= 0 straight from the half plane; kx < 0 from F(ky, kx) = conj F(-ky, -kx).
-        out[lo:lo + chunk, :, h:] = half[:, :d, :d - h]
-        out[lo:lo + chunk, :, :h] = half.flip(-2)[:, :d, 1:].flip(-1).conj()
+        keep = min(chunk, b - lo)
+        out[lo:lo + keep, :, h:] = half[:keep, :d, :d - h]
+        out[lo:lo + keep, :, :h] = half[:keep].flip(-2)[:, :d, 1:].flip(-1).conj()
     return out / pixel_size_angstrom ** 3

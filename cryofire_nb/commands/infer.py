@@ -1,0 +1,65 @@
+"""``cryofire-nb infer OUTDIR PARTICLES -o DIR``: poses and z of (unseen) particles in one
+encoder pass of a trained run, with the mirror decision made by the decoder's loss.
+
+Writes ``DIR/poses.pkl`` (cryoDRGN format, trans = shift / d) and ``DIR/z.pkl``
+((N, k) float32) and prints the throughput in images/s. The images are preprocessed
+exactly as in training (same contrast inversion, window and normalisation). For a run
+trained with known poses the pose heads were never trained: only z.pkl is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "infer poses and z of particles with a trained run's encoder"
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="output folder of `cryofire-nb train` (holds weights.pt)")
+    p.add_argument("particles", help="particle stack: .mrcs, .txt, .star or .cs (same box as training)")
+    p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder")
+    p.add_argument("--ctf", help="CTF parameters (.pkl); needed when the run was trained with a CTF")
+    p.add_argument("--ind", help="indices of the particles to use (.pkl)")
+    p.add_argument("--datadir", help="folder of the stacks named in a .star/.cs/.txt")
+    p.add_argument("--lazy", action="store_true", help="read images from disk on demand")
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..io import Latents, Poses, write_latents, write_poses
+    from ..train.data import ParticleData
+    from ..train.infer import infer_dataset
+    from ..train.run_model import load_weights
+    from ..train.trainer import resolve_device
+
+    if args.batch_size < 1:
+        raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}", "pass e.g. -b 256")
+    device = resolve_device(args.device)
+    model = load_weights(args.run, device)
+    spec = model.spec
+    if spec.has_ctf and args.ctf is None:
+        raise InputError(args.run / "weights.pt", "this run was trained with a CTF, so inference needs one",
+                         "pass --ctf CTF.pkl for the particles")
+    data = ParticleData(args.particles, ctf=args.ctf, ind=args.ind, datadir=args.datadir, lazy=args.lazy,
+                        preprocess_config=spec.preprocess_config, normalization=spec.norm, device=device)
+    if data.d != spec.d:
+        raise InputError(args.particles, f"images are {data.d} px but the run was trained on {spec.d} px",
+                         f"downsample the particles to {spec.d} px (cryofire-nb downsample)")
+    result = infer_dataset(model, data, batch_size=args.batch_size, progress=args.progress)
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    write_latents(args.outdir / "z.pkl", Latents(result.z.reshape(len(result.z), -1)))
+    written = ["z.pkl"]
+    if spec.known_poses:
+        print("note: this run was trained with known poses; its pose heads are untrained, so no poses.pkl")
+    else:
+        write_poses(args.outdir / "poses.pkl", Poses.from_shift_px(result.rots, result.shift_px, spec.d))
+        written.insert(0, "poses.pkl")
+        print(f"mirrored path won for {result.mirrored.mean():.1%} of the images")
+    print(f"inferred {len(result.z)} images in {result.seconds:.2f} s: {result.images_per_s:.0f} images/s "
+          f"(device {device}, batch {args.batch_size})")
+    print(f"wrote {', '.join(str(args.outdir / w) for w in written)}")
+    return 0

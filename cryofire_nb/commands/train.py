@@ -1,0 +1,114 @@
+"""``cryofire-nb train PARTICLES -o OUTDIR``: cryoFIRE training (amortised pose and
+conformation inference with a hypervolume or voxel decoder).
+
+Examples::
+
+    cryofire-nb train particles.mrcs --ctf ctf.pkl -o run1 --time-limit 10
+    cryofire-nb train particles.star --ctf ctf.pkl --poses poses.pkl --zdim 8 -o run_known --epochs 20
+    cryofire-nb train particles.mrcs --ctf ctf.pkl -o run1 --load run1/checkpoint.pt --epochs 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+HELP = "train cryoFIRE (amortised poses and conformations) on a particle stack"
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("particles", help="particle stack: .mrcs, .txt list of stacks, RELION .star or cryoSPARC .cs")
+    p.add_argument("-o", "--outdir", required=True, help="output folder")
+    g = p.add_argument_group("data")
+    g.add_argument("--ctf", help="CTF parameters (.pkl, cryoDRGN format, from parse-star / parse-cs)")
+    g.add_argument("--poses", help="known poses (.pkl): the encoder then predicts z only (like train_vae)")
+    g.add_argument("--ind", help="indices of the particles to use (.pkl)")
+    g.add_argument("--datadir", help="folder of the stacks named in a .star/.cs/.txt")
+    g.add_argument("--lazy", action="store_true", help="read images from disk on demand instead of into memory")
+    g.add_argument("--uninvert-data", dest="invert_contrast", action="store_false",
+                   help="do not invert contrast (data with dark particles, e.g. EMPIAR-10076)")
+    g = p.add_argument_group("model")
+    g.add_argument("--zdim", type=int, default=8, help="latent dimension (0: homogeneous; default 8)")
+    g.add_argument("--variational", action="store_true", help="variational z (adds the KL term)")
+    g.add_argument("--encoder", choices=("paper", "released"), default="paper",
+                   help="encoder variant: the paper's VGG-like CNN + MLP, or the released code's (default paper)")
+    g.add_argument("--encoder-hidden", type=int, default=256, help="encoder MLP / head width (default 256)")
+    g.add_argument("--encoder-channels", type=int, nargs="+", help="conv widths, one per block")
+    g.add_argument("--n-pose-hypotheses", type=int, default=1, help="rotation hypotheses per image (winner takes all)")
+    g.add_argument("--decoder", choices=("hypervolume", "voxel"), default="hypervolume",
+                   help="hypervolume MLP (paper) or an explicit voxel grid V0 + sum z_k U_k (default hypervolume)")
+    g.add_argument("--decoder-hidden", type=int, default=256, help="hypervolume width (default 256)")
+    g.add_argument("--decoder-layers", type=int, default=3, help="hypervolume residual layers (default 3)")
+    g.add_argument("--pe-dim", type=int, help="Fourier features per axis (default d/2)")
+    g = p.add_argument_group("optimisation and budget")
+    budget = g.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, help="passes over the data (default 20 without other budget)")
+    budget.add_argument("--max-images", type=int, help="images to see in total")
+    g.add_argument("--time-limit", type=float, help="minutes of wall time for this invocation (outputs included)")
+    g.add_argument("-b", "--batch-size", type=int, default=64, help="batch size (default 64)")
+    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    g.add_argument("--decoder-lr", type=float, help="decoder learning rate (default: --lr; 1e-2 for voxel)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--load", help="resume from OUTDIR/checkpoint.pt")
+    g = p.add_argument_group("schedules (images seen)")
+    g.add_argument("--pose-only-images", type=int,
+                   help="length of the pose-only phase (default 40%% of the planned images)")
+    g.add_argument("--march-images", type=int, dest="march_images_per_step",
+                   help="images per 1-px step of the loss disc (default: reach d/2 at 60%% of the plan)")
+    g.add_argument("--march-start", type=float, default=3.0, help="initial loss-disc radius, px (default 3)")
+    g = p.add_argument_group("pose initialisation")
+    g.add_argument("--init-search", action="store_true",
+                   help="run the voxel pose search first and distil its poses into the encoder")
+    g.add_argument("--distill-poses", help="distil these poses (.pkl) into the encoder instead of a search")
+    g.add_argument("--distill-images", type=int, help="length of the distillation phase (default 60%% of the plan)")
+    g.add_argument("--distill-until", type=float, default=10.0, dest="distill_until_deg",
+                   help="end distillation once the encoder is within this median angle of the targets "
+                        "(degrees, default 10; 0 disables)")
+    g = p.add_argument_group("ground truth (metrics logged during training)")
+    g.add_argument("--gt-poses", help="true poses (.pkl)")
+    conf = g.add_mutually_exclusive_group()
+    conf.add_argument("--gt-conf", help="true continuous conformation per particle (.pkl, (N,))")
+    conf.add_argument("--gt-labels", help="true discrete state per particle (.pkl, (N,))")
+    g.add_argument("--eval-every", type=int, dest="eval_every_images", help="images between metric evaluations")
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-every", type=int, default=10, dest="log_every_steps", help="steps per history entry")
+    g.add_argument("--checkpoint-every", type=int, dest="checkpoint_every_images",
+                   help="images between checkpoints (also every 10 minutes)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..train import TrainConfig
+
+    return TrainConfig(
+        particles=args.particles, outdir=args.outdir, ctf=args.ctf, poses=args.poses, ind=args.ind,
+        datadir=args.datadir, lazy=args.lazy, invert_contrast=args.invert_contrast, zdim=args.zdim,
+        variational=args.variational, encoder=args.encoder, encoder_hidden=args.encoder_hidden,
+        encoder_channels=args.encoder_channels, n_pose_hypotheses=args.n_pose_hypotheses, decoder=args.decoder,
+        decoder_hidden=args.decoder_hidden, decoder_layers=args.decoder_layers, pe_dim=args.pe_dim,
+        batch_size=args.batch_size, lr=args.lr, decoder_lr=args.decoder_lr, seed=args.seed, device=args.device,
+        epochs=args.epochs, max_images=args.max_images, time_limit_min=args.time_limit,
+        pose_only_images=args.pose_only_images, march_start_px=args.march_start,
+        march_images_per_step=args.march_images_per_step, init_search=args.init_search,
+        distill_poses=args.distill_poses, distill_images=args.distill_images,
+        distill_until_deg=args.distill_until_deg if args.distill_until_deg > 0 else None, gt_poses=args.gt_poses,
+        gt_conf=args.gt_conf, gt_labels=args.gt_labels, eval_every_images=args.eval_every_images,
+        log_every_steps=args.log_every_steps, checkpoint_every_images=args.checkpoint_every_images,
+        load=args.load, progress=args.progress,
+        command_line=" ".join(shlex.quote(a) for a in ["cryofire-nb", *sys.argv[1:]]))
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..train import train
+
+    result = train(config_from_args(args))
+    st = result.state
+    print(f"trained {st.step} steps, {st.images_seen} images ({st.epoch} full epochs) at "
+          f"{result.train_images_per_s:.0f} images/s; stopped by {result.stopped_by}")
+    if result.final_metrics is not None:
+        print("\n".join(result.final_metrics.summary_lines()))
+    print(f"wrote {result.outputs.outdir}/: poses.pkl z.pkl weights.pt volume.mrc history.json "
+          f"training_curve.png config.yaml checkpoint.pt")
+    return 0

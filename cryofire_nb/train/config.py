@@ -1,0 +1,233 @@
+"""``TrainConfig``: every setting of a training run, validated on construction and saved
+with the run as ``OUTDIR/config.yaml`` (with the package version, the seed, the command
+line and the encoder variant).
+
+Budgets: ``epochs`` or ``max_images`` (images seen, each image counted once per pass)
+and/or ``time_limit_min`` (wall clock of this invocation). With no budget at all, 20
+epochs. Schedules are counted in images seen:
+
+* pose-only phase (decoder sees Gaussian noise instead of z): ``pose_only_images``, or
+  ``pose_only_fraction`` of the planned images when it is None;
+* frequency marching (loss disc from ``march_start_px`` up to d/2, ``march_step_px``
+  every ``march_images_per_step`` images): when None, chosen so that the disc reaches
+  d/2 after ``march_end_fraction`` of the planned images. The paper used 100 k images
+  per pixel at D = 128; a CPU budget of minutes never gets past 3 px with that;
+* pose distillation (``--init-search`` or ``distill_poses``): at most ``distill_images``,
+  or ``distill_fraction`` of the planned images; it ends earlier at the first logging step
+  where the median angle between the encoder's rotations and the targets is below
+  ``distill_until_deg``.
+
+"Planned images" is ``epochs * N`` or ``max_images``; with only a time limit it is
+estimated from the throughput of the first steps (:meth:`TrainConfig.resolve_schedules`),
+and the resolved numbers are what the saved config and checkpoint record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .. import __version__
+from ..errors import InputError
+
+ENCODERS = ("paper", "released")
+DECODERS = ("hypervolume", "voxel")
+DEFAULT_EPOCHS = 20
+VOXEL_LR = 1e-2  # Adam moves each voxel by ~lr per step; Hartley values are O(1) after normalisation
+# Settings a resumed run (--load) takes from its checkpoint rather than the command line.
+MODEL_FIELDS = ("invert_contrast", "zdim", "variational", "kl_weight", "encoder", "encoder_hidden",
+                "encoder_channels", "n_pose_hypotheses", "max_shift_px", "decoder", "decoder_hidden",
+                "decoder_layers", "pe_dim", "lr", "decoder_lr", "seed", "pose_only_images",
+                "pose_only_fraction", "march_start_px", "march_step_px", "march_images_per_step",
+                "march_end_fraction", "init_search", "distill_poses", "distill_images", "distill_fraction",
+                "distill_until_deg",
+                "pose_loss_weight", "shift_loss_weight", "resolved")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one ``cryofire-nb train`` run (paths are strings, as given)."""
+
+    particles: str
+    outdir: str
+    # data
+    ctf: str | None = None
+    poses: str | None = None  # known poses: the encoder predicts z only
+    ind: str | None = None
+    datadir: str | None = None
+    lazy: bool = False
+    invert_contrast: bool = True
+    # model
+    zdim: int = 8
+    variational: bool = False
+    kl_weight: float | None = None  # None -> 1 / zdim (as cryoDRGN's beta)
+    encoder: str = "paper"
+    encoder_hidden: int = 256
+    encoder_channels: list[int] | None = None  # None -> the variant's default widths
+    n_pose_hypotheses: int = 1
+    max_shift_px: float | None = None  # None -> d / 8
+    decoder: str = "hypervolume"
+    decoder_hidden: int = 256
+    decoder_layers: int = 3
+    pe_dim: int | None = None  # None -> d / 2 (paper)
+    # optimisation
+    batch_size: int = 64
+    lr: float = 1e-4
+    decoder_lr: float | None = None  # None -> lr (hypervolume) or VOXEL_LR (voxel grid values)
+    seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto"
+    amp: bool | None = None  # None -> bf16 autocast on cuda, never on cpu
+    # budget
+    epochs: int | None = None
+    max_images: int | None = None
+    time_limit_min: float | None = None
+    # schedules (images seen)
+    pose_only_images: int | None = None
+    pose_only_fraction: float = 0.4
+    march_start_px: float = 3.0
+    march_step_px: float = 1.0
+    march_images_per_step: int | None = None
+    march_end_fraction: float = 0.6
+    # pose distillation (targets from --init-search or distill_poses)
+    init_search: bool = False
+    distill_poses: str | None = None
+    distill_images: int | None = None
+    distill_fraction: float = 0.6  # the encoder needs many steps to learn poses (measured on the demo)
+    distill_until_deg: float | None = 10.0  # end early once the encoder is this close to the targets
+    search_time_fraction: float = 0.4  # of the time limit given to run_abinit
+    pose_loss_weight: float = 1.0  # chordal distance ||R - R*||_F^2
+    shift_loss_weight: float = 0.1  # shift MSE in px^2
+    # ground truth for metrics logged during training
+    gt_poses: str | None = None
+    gt_conf: str | None = None
+    gt_labels: str | None = None
+    eval_every_images: int | None = None  # None -> about 10 evaluations per run
+    eval_n_images: int = 1000
+    # logging and checkpoints
+    log_every_steps: int = 10
+    checkpoint_every_images: int | None = None
+    checkpoint_every_minutes: float = 10.0
+    load: str | None = None
+    progress: bool = True
+    # recorded with the run
+    command_line: str = ""
+    package_version: str = __version__
+    resolved: dict = field(default_factory=dict)  # schedule values fixed at run time
+
+    def __post_init__(self):
+        def bad(problem: str, fix: str) -> None:
+            raise InputError(None, f"train settings: {problem}", fix)
+
+        if self.encoder not in ENCODERS:
+            bad(f"unknown encoder {self.encoder!r}", f"use one of {ENCODERS}")
+        if self.decoder not in DECODERS:
+            bad(f"unknown decoder {self.decoder!r}", f"use one of {DECODERS}")
+        if self.zdim < 0:
+            bad(f"--zdim must be >= 0, got {self.zdim}", "pass e.g. --zdim 8")
+        if self.variational and self.zdim == 0:
+            bad("a variational encoder needs --zdim > 0", "set --zdim or drop --variational")
+        if self.batch_size < 1 or not self.lr > 0 or (self.decoder_lr is not None and not self.decoder_lr > 0):
+            bad("--batch-size must be >= 1 and the learning rate > 0", "fix the values")
+        if self.epochs is not None and self.max_images is not None:
+            bad("--epochs and --max-images both given", "pass only one of them")
+        for name in ("epochs", "max_images"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                bad(f"--{name.replace('_', '-')} must be >= 1, got {v}", "pass a positive number")
+        if self.time_limit_min is not None and not self.time_limit_min > 0:
+            bad(f"--time-limit must be > 0 minutes, got {self.time_limit_min}", "pass e.g. --time-limit 5")
+        for name in ("pose_only_fraction", "march_end_fraction", "distill_fraction", "search_time_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                bad(f"{name} must lie in [0, 1], got {getattr(self, name)}", "pass a fraction")
+        if self.gt_conf is not None and self.gt_labels is not None:
+            bad("--gt-conf and --gt-labels both given", "pass the one that matches the dataset")
+        if self.poses is not None and (self.init_search or self.distill_poses is not None):
+            bad("--poses (known poses) cannot be combined with --init-search / pose distillation",
+                "drop --poses for ab initio training")
+        if self.init_search and self.distill_poses is not None:
+            bad("--init-search and --distill-poses both give pose targets", "pass only one")
+        if self.n_pose_hypotheses < 1 or self.log_every_steps < 1 or self.eval_n_images < 1:
+            bad("n_pose_hypotheses, log_every_steps and eval_n_images must be >= 1", "fix the values")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            bad(f"unknown device {self.device!r}", "use cpu, cuda, cuda:N or auto")
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def known_poses(self) -> bool:
+        return self.poses is not None
+
+    @property
+    def distills(self) -> bool:
+        return self.init_search or self.distill_poses is not None
+
+    @property
+    def outdir_path(self) -> Path:
+        return Path(self.outdir)
+
+    def resolved_decoder_lr(self) -> float:
+        if self.decoder_lr is not None:
+            return self.decoder_lr
+        return VOXEL_LR if self.decoder == "voxel" else self.lr
+
+    def resolved_kl_weight(self) -> float:
+        return self.kl_weight if self.kl_weight is not None else 1.0 / max(self.zdim, 1)
+
+    def planned_images(self, n_particles: int) -> int | None:
+        """Images the run plans to see, or None when only a time limit bounds it."""
+        if self.max_images is not None:
+            return int(self.max_images)
+        if self.epochs is not None:
+            return int(self.epochs) * n_particles
+        if self.time_limit_min is None:
+            return DEFAULT_EPOCHS * n_particles
+        return None
+
+    def resolve_schedules(self, d: int, planned_images: int) -> dict:
+        """Fix the schedule lengths (images) from the planned images; explicit values win.
+        Returns and stores ``resolved`` (saved with the run)."""
+        max_r = d / 2
+        if self.pose_only_images is not None:
+            pose_only = int(self.pose_only_images)
+        elif self.known_poses:
+            pose_only = 0
+        else:
+            pose_only = int(self.pose_only_fraction * planned_images)
+        if self.march_images_per_step is not None:
+            per_step = int(self.march_images_per_step)
+        else:
+            n_steps = max(1.0, (max_r - self.march_start_px) / max(self.march_step_px, 1e-9))
+            per_step = max(1, int(self.march_end_fraction * planned_images / n_steps))
+        distill = 0
+        if self.distills:
+            distill = int(self.distill_images if self.distill_images is not None
+                          else self.distill_fraction * planned_images)
+        self.resolved = {"planned_images": int(planned_images), "pose_only_images": pose_only,
+                         "march_images_per_step": per_step, "distill_images": distill}
+        return self.resolved
+
+    # ------------------------------------------------------------------ (de)serialisation
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_yaml(self, extra: dict | None = None) -> str:
+        """YAML text of the settings plus ``extra`` (encoder/decoder configs, pixel size, ...)."""
+        out = {"cryofire_nb_version": __version__, "seed": self.seed, "command_line": self.command_line,
+               "encoder_variant": self.encoder, "train": self.to_dict()}
+        if extra:
+            out.update(extra)
+        return yaml.safe_dump(out, sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        data = yaml.safe_load(Path(path).read_text())
+        return cls.from_dict(data["train"])

@@ -1,0 +1,448 @@
+"""The training loop: :func:`train` runs one ``cryofire-nb train`` invocation.
+
+Order of work: read and check every input (nothing is written before that passes),
+write ``config.yaml``, optionally run the voxel pose search (``--init-search``, the
+lead's :func:`cryofire_nb.abinit.run_abinit`, imported lazily), then Adam steps on
+batches in a seeded order until the budget (epochs, images or wall time) is spent, with
+a checkpoint every ``checkpoint_every_images`` images / ``checkpoint_every_minutes``
+minutes, and finally one inference pass over all particles and every output file
+(:mod:`.outputs`). ``--time-limit`` covers the whole invocation: training stops early
+enough to leave time for the final pass.
+
+Precision: bf16 autocast only on cuda (``amp``); fp32 on CPU. Reproducibility: the model
+is initialised after ``torch.manual_seed(seed)``, the data order is a function of
+(seed, epoch) and all sampling (z noise, reparameterisation) uses one generator whose
+state is checkpointed, so a CPU run is a function of its seed and a resumed run continues
+exactly.
+
+Dimension letters: N particles, b batch, d box.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from ..io import Poses, write_poses
+from ..metrics import RunMetrics
+from ..model.decoder import HyperVolumeConfig, VoxelVolumeConfig
+from ..model.encoder import EncoderConfig
+from ..model.preprocess import PreprocessConfig
+from ..model.schedule import FrequencyMarching, PoseOnlyPhase
+from ..rotations import geodesic_distance_deg
+from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
+from .config import DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig
+from .data import GroundTruth, ParticleData
+from .infer import autocast_for, infer_dataset
+from .monitor import EvalEntry, History, LogEntry, eval_entry, gt_metrics
+from .outputs import RunOutputs, write_config, write_outputs
+from .run_model import CryoFireModel, ModelSpec
+from .steps import PoseTargets, amortised_step, distill_step, known_pose_step, view_planarity
+
+NEVER = 10 ** 18  # schedule placeholder until a time-only budget is resolved
+PROBE_STEPS = 10  # steps timed before a time-only budget fixes its schedules
+
+
+@dataclass
+class TrainResult:
+    outputs: RunOutputs
+    state: TrainState
+    history: History
+    stopped_by: str  # "epochs", "max_images" or "time_limit"
+    train_images_per_s: float
+    final_metrics: RunMetrics | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, f"--device {name} asked for, but torch sees no CUDA device",
+                         "use --device cpu (or auto)")
+    return dev
+
+
+def _merge_resume(cfg: TrainConfig, ckpt: Checkpoint) -> TrainConfig:
+    """Model and schedule settings come from the checkpoint; data, budget, logging and
+    device from the command line."""
+    data = cfg.to_dict()
+    for name in MODEL_FIELDS:
+        if name in ckpt.config:
+            data[name] = ckpt.config[name]
+    return TrainConfig.from_dict(data)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.t0 = time.perf_counter()
+        self.ckpt = load_checkpoint(cfg.load) if cfg.load else None
+        if self.ckpt is not None:
+            cfg = _merge_resume(cfg, self.ckpt)
+            print(f"resuming {cfg.load} at step {self.ckpt.state.step} ({self.ckpt.state.images_seen} images): "
+                  "model, optimiser and schedule settings come from the checkpoint", flush=True)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.amp = bool(cfg.amp if cfg.amp is not None else True) and self.device.type == "cuda"
+        spec0 = None if self.ckpt is None else ModelSpec.from_dict(self.ckpt.spec)
+        # ---- every input is read and checked here, before anything is written
+        self.data = ParticleData(cfg.particles, ctf=cfg.ctf, ind=cfg.ind, datadir=cfg.datadir, lazy=cfg.lazy,
+                                 preprocess_config=PreprocessConfig(invert_contrast=cfg.invert_contrast),
+                                 normalization=None if spec0 is None else spec0.norm, device=self.device)
+        d, n = self.data.d, len(self.data)
+        if spec0 is not None and spec0.d != d:
+            raise InputError(cfg.load, f"checkpoint was trained on {spec0.d}-px images, the particles are {d} px",
+                             "resume with the same particle stack")
+        if spec0 is not None and spec0.has_ctf != (self.data.ctf_table is not None):
+            raise InputError(cfg.load, "the checkpoint's run " + ("used" if spec0.has_ctf else "did not use")
+                             + " a CTF file", "resume with the same --ctf setting")
+        self.known = None
+        if cfg.poses is not None:
+            self.known = self.data.read_poses_for(cfg.poses)
+        self.gt: GroundTruth | None = self.data.read_ground_truth(cfg.gt_poses, cfg.gt_conf, cfg.gt_labels)
+        self.targets = None
+        if cfg.distill_poses is not None:
+            self.targets = self.data.read_poses_for(cfg.distill_poses)
+        if self.ckpt is not None and self.ckpt.targets is not None:
+            self.targets = tuple(np.asarray(t, dtype=np.float32) for t in self.ckpt.targets)
+        if cfg.init_search and self.targets is None:
+            try:
+                from .. import abinit  # noqa: F401  (lazy: the search front end may be absent)
+            except ImportError as err:
+                raise InputError(None, f"--init-search needs cryofire_nb.abinit, which cannot be imported ({err})",
+                                 "drop --init-search, or update the package") from err
+        self.outdir = cfg.outdir_path
+        if self.outdir.exists() and not self.outdir.is_dir():
+            raise InputError(self.outdir, "exists and is not a folder", "pass a new or existing folder with -o")
+        self.spec = spec0 or self._new_spec()
+        self.history = History() if self.ckpt is None else History.from_dict(self.ckpt.history)
+        self.state = TrainState() if self.ckpt is None else self.ckpt.state
+        self.n, self.d = n, d
+        self._distill_ended_at: int | None = None
+        self._target_err = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _new_spec(self) -> ModelSpec:
+        cfg, d = self.cfg, self.data.d
+        enc = EncoderConfig(d=d, zdim=cfg.zdim, variant=cfg.encoder, variational=cfg.variational,
+                            conv_channels=None if cfg.encoder_channels is None else tuple(cfg.encoder_channels),
+                            hidden=cfg.encoder_hidden, n_pose_hypotheses=cfg.n_pose_hypotheses,
+                            max_shift_px=cfg.max_shift_px)
+        if cfg.decoder == "hypervolume":
+            dec = HyperVolumeConfig(d=d, zdim=cfg.zdim, pe_dim=cfg.pe_dim, hidden=cfg.decoder_hidden,
+                                    n_layers=cfg.decoder_layers, seed=cfg.seed).to_dict()
+        else:
+            dec = VoxelVolumeConfig(d=d, zdim=cfg.zdim, seed=cfg.seed).to_dict()
+        return ModelSpec(d=d, encoder=enc.to_dict(), decoder_kind=cfg.decoder, decoder=dec,
+                         preprocess=self.data.preprocess_config.to_dict(),
+                         normalization=self.data.normalization.to_dict(), known_poses=cfg.known_poses,
+                         has_ctf=self.data.ctf_table is not None,
+                         pixel_size_angstrom=self.data.pixel_size_angstrom)
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.model = CryoFireModel(self.spec).to(self.device)
+        self.opt = torch.optim.Adam([{"params": self.model.encoder.parameters(), "lr": cfg.lr},
+                                     {"params": self.model.decoder.parameters(), "lr": cfg.resolved_decoder_lr()}])
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        if self.ckpt is not None:
+            self.model.load_state_dict(self.ckpt.model_state)
+            self.opt.load_state_dict(self.ckpt.optimizer_state)
+            self.gen.set_state(self.ckpt.generator_state)
+            torch.set_rng_state(self.ckpt.torch_rng_state)
+            if self.ckpt.cuda_rng_state is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self.ckpt.cuda_rng_state)
+        self.lattice = self.data.lattice
+
+    def _config_extra(self) -> dict:
+        return {"encoder_config": self.spec.encoder, "decoder_kind": self.spec.decoder_kind,
+                "decoder_config": self.spec.decoder, "normalization": self.spec.normalization,
+                "preprocess": self.spec.preprocess, "image_size_px": self.d, "n_particles": self.n,
+                "pixel_size_angstrom": self.spec.pixel_size_angstrom, "device": str(self.device),
+                "amp_bf16": self.amp, "resumed_from": self.cfg.load}
+
+    def _set_schedules(self) -> None:
+        r = self.cfg.resolved
+        if r:
+            self.pose_only = PoseOnlyPhase(r["pose_only_images"])
+            self.marching = FrequencyMarching(self.d, self.cfg.march_start_px, self.cfg.march_step_px,
+                                              r["march_images_per_step"])
+            self.distill_images = r["distill_images"]
+            if self._distill_ended_at is not None:  # ended early before a time-only budget was resolved
+                self.distill_images = r["distill_images"] = min(r["distill_images"], self._distill_ended_at)
+            planned = r["planned_images"]
+        else:  # time-only budget: placeholders until the throughput probe
+            self.pose_only = PoseOnlyPhase(0 if self.cfg.known_poses else NEVER)
+            self.marching = FrequencyMarching(self.d, self.cfg.march_start_px, self.cfg.march_step_px, NEVER)
+            self.distill_images = NEVER
+            planned = None
+        ev = self.cfg.eval_every_images
+        self.eval_every = ev if ev is not None else (max(self.cfg.batch_size, planned // 10) if planned else None)
+
+    # ------------------------------------------------------------------ init search
+
+    def _init_search(self, time_limit_s: float | None) -> None:
+        from ..abinit import AbinitConfig, run_abinit
+        from ..hartley_data import HartleyData
+
+        print("init search: voxel pose search (cryofire_nb.abinit) ...", flush=True)
+        hd = HartleyData.from_images(self.data, self.data.ctf_table, invert=self.cfg.invert_contrast,
+                                     device=self.device)
+        fields = getattr(AbinitConfig, "__dataclass_fields__", {})
+        acfg = AbinitConfig(seed=self.cfg.seed) if "seed" in fields else AbinitConfig()
+        res = run_abinit(hd, acfg, time_limit_s=time_limit_s, progress=self.cfg.progress)
+        rots = torch.as_tensor(res.rots).float().cpu().numpy()
+        shifts = torch.as_tensor(res.shifts_px).float().cpu().numpy()
+        self.targets = (rots, shifts)
+        write_poses(self.outdir / "init_search_poses.pkl", Poses.from_shift_px(rots, shifts, self.d))
+        vol = getattr(res, "volume_hartley", None)
+        grids = getattr(self.model.decoder, "grids", None)
+        if vol is not None and grids is not None and tuple(vol.shape) == tuple(grids.shape[1:]):
+            scale = hd.norm_std / self.data.normalization.std  # to this run's normalisation
+            with torch.no_grad():
+                grids[0].copy_(torch.as_tensor(vol).to(grids) * scale)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint(self) -> None:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        targets = None if self.targets is None else (self.targets[0], self.targets[1])
+        save_checkpoint(self.outdir / "checkpoint.pt", Checkpoint(
+            self.cfg.to_dict(), self.spec.to_dict(), self.model.state_dict(), self.opt.state_dict(), self.state,
+            self.gen.get_state(), torch.get_rng_state(), cuda, self.history.to_dict(), targets))
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _eval_positions(self) -> np.ndarray:
+        return np.unique(np.linspace(0, self.n - 1, min(self.n, self.cfg.eval_n_images)).round().astype(np.int64))
+
+    def _evaluate(self, elapsed: float) -> EvalEntry:
+        pos = self._eval_positions()
+        inf = infer_dataset(self.model, self.data, batch_size=max(self.cfg.batch_size, 128),
+                            radius_px=self.marching.radius_px(self.state.images_seen), known=self.known,
+                            pose_only_active=self.pose_only.active(self.state.images_seen), positions=pos,
+                            amp=self.amp)
+        self.model.train()
+        m = gt_metrics(inf.rots, inf.shift_px, inf.z, self.gt, pos, self.d)
+        entry = eval_entry(m, self.state.step, self.state.images_seen, elapsed)
+        self.history.log_eval(entry)
+        return entry
+
+    # ------------------------------------------------------------------ one step
+
+    def _step(self, pos: np.ndarray):
+        cfg, st = self.cfg, self.state
+        batch = self.data.batch(pos)
+        mask = self.marching.mask(self.lattice, st.images_seen)
+        with autocast_for(self.device, self.amp):
+            if self.known is not None:
+                kr = torch.as_tensor(self.known[0][pos], device=self.device)
+                ks = torch.as_tensor(self.known[1][pos], device=self.device)
+                res = known_pose_step(self.model, batch, kr, ks, self.lattice, mask, st.images_seen, self.pose_only,
+                                      cfg.resolved_kl_weight(), self.gen)
+                phase = "known_poses"
+            elif self.targets is not None and st.images_seen < self.distill_images:
+                tgt = PoseTargets(torch.as_tensor(self.targets[0][pos], device=self.device),
+                                  torch.as_tensor(self.targets[1][pos], device=self.device))
+                res = distill_step(self.model, batch, tgt, self.lattice, mask, st.images_seen, self.pose_only,
+                                   cfg.resolved_kl_weight(), cfg.pose_loss_weight, cfg.shift_loss_weight, self.gen)
+                phase = "distill"
+                self._target_err = geodesic_distance_deg(res.rots.float(), tgt.rots.float()).detach().cpu()
+            else:
+                res = amortised_step(self.model, batch, self.lattice, mask, st.images_seen, self.pose_only,
+                                     cfg.resolved_kl_weight(), self.gen)
+                phase = "amortised"
+        self.opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        self.opt.step()
+        return res, phase
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> TrainResult:
+        cfg, st = self.cfg, self.state
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self._build()
+        write_config(self.outdir, cfg, self._config_extra())
+        limit_s = None if cfg.time_limit_min is None else cfg.time_limit_min * 60.0
+        if cfg.init_search and self.targets is None:
+            self._init_search(None if limit_s is None else cfg.search_time_fraction * limit_s)
+        planned = cfg.planned_images(self.n)
+        if not cfg.resolved and planned is not None:
+            cfg.resolve_schedules(self.d, planned)
+        self._set_schedules()
+        stopped_by = self._loop(limit_s)
+        # ---- final pass and outputs
+        radius = self.marching.radius_px(st.images_seen)
+        self.spec.final_radius_px = float(radius)
+        self.spec.images_seen = int(st.images_seen)
+        inferred = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), radius_px=radius,
+                                 known=self.known, pose_only_active=self.pose_only.active(st.images_seen),
+                                 amp=self.amp, progress=cfg.progress)
+        final = None
+        if self.gt is not None:
+            final = gt_metrics(inferred.rots, inferred.shift_px, inferred.z, self.gt, np.arange(self.n), self.d)
+            self.history.final = {**final.to_dict(), "summary": final.summary_lines()}
+        outputs = write_outputs(self.outdir, cfg, self.model, inferred, self.history, self._config_extra())
+        self._checkpoint()
+        rate = st.images_seen / max(st.train_seconds, 1e-9)
+        return TrainResult(outputs, st, self.history, stopped_by, rate, final)
+
+    def _budget_done(self) -> str | None:
+        cfg, st = self.cfg, self.state
+        if cfg.max_images is not None and st.images_seen >= cfg.max_images:
+            return "max_images"
+        epochs = cfg.epochs
+        if epochs is None and cfg.max_images is None and cfg.time_limit_min is None:
+            epochs = DEFAULT_EPOCHS
+        if epochs is not None and st.epoch >= epochs:
+            return "epochs"
+        return None
+
+    def _loop(self, limit_s: float | None) -> str:
+        cfg, st = self.cfg, self.state
+        bs = cfg.batch_size
+        order_epoch, order = -1, None
+        acc: dict = {"t_start": st.train_seconds}
+        step_time = None
+        last_ckpt_t, last_ckpt_images = time.perf_counter(), st.images_seen
+        next_eval = None
+        if self.gt is not None:  # evaluate before the first step (unless a resumed run just did)
+            done_here = bool(self.history.eval) and self.history.eval[-1]["images_seen"] == st.images_seen
+            next_eval = st.images_seen + ((self.eval_every or 0) if done_here else 0)
+        steps_this_run, images_this_run, t_run0 = 0, 0, time.perf_counter()
+        planned = cfg.resolved.get("planned_images") if cfg.resolved else None
+        bar = tqdm(total=planned, initial=min(st.images_seen, planned or st.images_seen), unit="img",
+                   desc="train", disable=not cfg.progress, dynamic_ncols=True)
+        stopped_by = "epochs"
+        while True:
+            done = self._budget_done()
+            if done:
+                stopped_by = done
+                break
+            if limit_s is not None:
+                now = time.perf_counter() - self.t0
+                # time left for the final pass: one encoder pass (2 images) per particle ~ a third of a step
+                reserve = 5.0 + (0.5 * self.n / max(bs, 1) * step_time if step_time else 5.0)
+                if now + (step_time or 0.0) + reserve > limit_s:
+                    stopped_by = "time_limit"
+                    break
+            if st.batch_in_epoch >= self.data.batches_in_epoch(bs):
+                st.epoch += 1
+                st.batch_in_epoch = 0
+                continue
+            if order_epoch != st.epoch:
+                order, order_epoch = self.data.epoch_order(cfg.seed, st.epoch), st.epoch
+            pos = order[st.batch_in_epoch * bs:(st.batch_in_epoch + 1) * bs]
+            if cfg.max_images is not None:
+                pos = pos[:cfg.max_images - st.images_seen]
+            if next_eval is not None and st.images_seen >= next_eval and self.eval_every is not None:
+                self._evaluate(time.perf_counter() - self.t0)
+                next_eval = st.images_seen + self.eval_every
+            t_step = time.perf_counter()
+            res, phase = self._step(pos)
+            dt = time.perf_counter() - t_step
+            step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+            st.step += 1
+            st.images_seen += len(pos)
+            st.batch_in_epoch += 1
+            st.train_seconds += dt
+            steps_this_run += 1
+            images_this_run += len(pos)
+            if acc.get("images") and acc["phase"] != phase:  # one history entry never mixes phases
+                self._log(acc, time.perf_counter() - self.t0)
+            self._accumulate(acc, res, phase, len(pos))
+            bar.update(len(pos))
+            if not cfg.resolved and steps_this_run == PROBE_STEPS and limit_s is not None:
+                self._resolve_from_probe(limit_s, images_this_run / (time.perf_counter() - t_run0))
+                bar.total = cfg.resolved["planned_images"]
+            if st.step % cfg.log_every_steps == 0:
+                entry = self._log(acc, time.perf_counter() - self.t0)
+                bar.set_postfix(loss=f"{entry.recon:.4g}", r=f"{entry.radius_px:.0f}", phase=phase[:4])
+                self._maybe_end_distillation(entry)
+            ck_imgs = cfg.checkpoint_every_images
+            if (ck_imgs is not None and st.images_seen - last_ckpt_images >= ck_imgs) or \
+                    (time.perf_counter() - last_ckpt_t) / 60 >= cfg.checkpoint_every_minutes:
+                self._checkpoint()
+                last_ckpt_t, last_ckpt_images = time.perf_counter(), st.images_seen
+        bar.close()
+        if acc.get("images"):
+            self._log(acc, time.perf_counter() - self.t0)
+        if self.gt is not None and self.eval_every is not None and (
+                not self.history.eval or self.history.eval[-1]["images_seen"] != st.images_seen):
+            self._evaluate(time.perf_counter() - self.t0)
+        if not cfg.resolved:  # stopped before the probe finished: fix schedules as they were
+            cfg.resolve_schedules(self.d, max(st.images_seen, 1))
+        return stopped_by
+
+    def _maybe_end_distillation(self, entry: LogEntry) -> None:
+        """End the distillation once the encoder reproduces the targets (recorded in the
+        resolved schedule, so a resumed run agrees)."""
+        until = self.cfg.distill_until_deg
+        if entry.phase != "distill" or until is None or entry.target_error_deg is None:
+            return
+        if entry.target_error_deg < until and self.state.images_seen < self.distill_images:
+            self.distill_images = self._distill_ended_at = self.state.images_seen
+            if self.cfg.resolved:
+                self.cfg.resolved["distill_images"] = self.state.images_seen
+            print(f"distillation ended at {self.state.images_seen} images: the encoder's rotations are within "
+                  f"{entry.target_error_deg:.1f} deg (median) of the targets", flush=True)
+
+    def _resolve_from_probe(self, limit_s: float, images_per_s: float) -> None:
+        """Time-only budget: planned images = rate x remaining time x 0.6 (steps slow down as
+        the loss disc grows)."""
+        remaining = max(limit_s - (time.perf_counter() - self.t0), 0.0)
+        planned = int(self.state.images_seen + 0.6 * images_per_s * remaining)
+        self.cfg.resolve_schedules(self.d, max(planned, 1))
+        self._set_schedules()
+        if self.gt is not None and self.eval_every is None:
+            self.eval_every = max(self.cfg.batch_size, planned // 10)
+
+    def _accumulate(self, acc: dict, res, phase: str, b: int) -> None:
+        acc.setdefault("loss", []).append(float(res.loss.detach()))
+        acc.setdefault("recon", []).append(float(res.recon.detach()))
+        if res.kl is not None:
+            acc.setdefault("kl", []).append(float(res.kl.detach()))
+        if res.pose_loss is not None:
+            acc.setdefault("pose_loss", []).append(float(res.pose_loss))
+        acc.setdefault("mirrored", []).append(float(res.mirrored.float().mean()))
+        acc.setdefault("rots", []).append(res.rots.detach().float().cpu())
+        if phase == "distill":
+            acc.setdefault("target_err", []).append(self._target_err)
+        acc["phase"] = phase
+        acc.setdefault("images", []).append(b)
+
+    def _log(self, acc: dict, elapsed: float) -> LogEntry:
+        st = self.state
+
+        def mean(key):
+            return float(np.mean(acc[key])) if acc.get(key) else None
+
+        rate = sum(acc["images"]) / max(st.train_seconds - acc["t_start"], 1e-9)
+        entry = LogEntry(st.step, st.images_seen, st.epoch, round(elapsed, 2), acc["phase"], mean("loss"),
+                         mean("recon"), mean("kl"), mean("pose_loss"),
+                         float(self.marching.radius_px(st.images_seen)), self.pose_only.active(st.images_seen),
+                         mean("mirrored"), view_planarity(torch.cat(acc["rots"])), round(rate, 1),
+                         float(torch.cat(acc["target_err"]).median()) if acc.get("target_err") else None)
+        self.history.log(entry)
+        acc.clear()
+        acc["t_start"] = st.train_seconds
+        return entry
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run one training invocation (see the module docstring)."""
+    if not cfg.command_line:
+        cfg.command_line = " ".join(shlex.quote(a) for a in sys.argv)
+    return Trainer(cfg).run()
+
+

@@ -1,0 +1,146 @@
+"""Figures of the latent space: a static scatter coloured by a value, the density of
+particles on a grid, and an interactive scatter whose lasso selection calls back.
+
+Points are 2-D coordinates (n, 2), e.g. ``analysis.pca(z).coords[:, :2]`` or a UMAP
+embedding; row i is particle i. The interactive scatter is an extra on top of the static
+one: in a notebook run headless (CI), draw :func:`latent_scatter` and select with
+:func:`cryofire_nb.analysis.indices_in_polygon`.
+
+Dimension letters: n particles, m highlighted / annotated points.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ._figure import new_figure
+from .images import _numpy
+
+
+def _points(points) -> np.ndarray:
+    p = _numpy(points).astype(np.float64)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise ValueError(f"points must be (n, 2), got {p.shape}")
+    return p
+
+
+def _is_categorical(values: np.ndarray, categorical: bool | None) -> bool:
+    if categorical is not None:
+        return categorical
+    return (np.issubdtype(values.dtype, np.integer) or values.dtype == bool) and len(np.unique(values)) <= 20
+
+
+def latent_scatter(points, color=None, color_label: str | None = None, categorical: bool | None = None,
+                   title: str | None = None, xlabel: str = "PC1", ylabel: str = "PC2",
+                   marker_size: float | None = None, alpha: float = 0.6, cmap: str = "viridis",
+                   highlight=None, annotate=None):
+    """Static scatter of ``points`` (n, 2).
+
+    color: (n,) values; integers with <= 20 distinct values (or ``categorical=True``) get
+    one colour each and a legend, other values a colour map and a colour bar (a second
+    axes). highlight: indices drawn as red rings (e.g. a selection). annotate: (m, 2)
+    points labelled 0 .. m-1 (e.g. k-means centres mapped to the same 2-D view).
+    """
+    p = _points(points)
+    n = len(p)
+    size = marker_size if marker_size is not None else float(np.clip(3000.0 / max(n, 1), 0.5, 12.0))
+    fig = new_figure(figsize=(5.2, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    if color is None:
+        ax.scatter(p[:, 0], p[:, 1], s=size, alpha=alpha, color="C0", linewidths=0, rasterized=n > 5000)
+    else:
+        c = _numpy(color).reshape(-1)
+        if len(c) != n:
+            raise ValueError(f"color has {len(c)} values for {n} points")
+        if _is_categorical(c, categorical):
+            for j, value in enumerate(np.unique(c)):
+                sel = c == value
+                ax.scatter(p[sel, 0], p[sel, 1], s=size, alpha=alpha, color=f"C{j % 10}", linewidths=0,
+                           label=str(value), rasterized=n > 5000)
+            ax.legend(title=color_label, fontsize=7, markerscale=max(1.0, 12.0 / size) ** 0.5)
+        else:
+            sc = ax.scatter(p[:, 0], p[:, 1], c=c.astype(np.float64), s=size, alpha=alpha, cmap=cmap,
+                            linewidths=0, rasterized=n > 5000)
+            fig.colorbar(sc, ax=ax, label=color_label)
+    if highlight is not None:
+        h = np.asarray(highlight, dtype=np.int64).reshape(-1)
+        ax.scatter(p[h, 0], p[h, 1], s=size * 4, facecolors="none", edgecolors="red", linewidths=0.8,
+                   label="selected")
+    if annotate is not None:
+        a = _points(annotate)
+        ax.scatter(a[:, 0], a[:, 1], s=30, color="black", marker="x")
+        for j, (x, y) in enumerate(a):
+            ax.annotate(str(j), (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def density_plot(grid, points=None, log: bool = False, title: str | None = None,
+                 xlabel: str = "PC1", ylabel: str = "PC2", cmap: str = "magma"):
+    """Image of a :class:`cryofire_nb.analysis.DensityGrid` (log10 of the density when
+    ``log``), optionally with the points (n, 2) over it; the image and its colour bar."""
+    dens = np.asarray(grid.density, dtype=np.float64)
+    if log:
+        positive = dens[dens > 0]
+        floor = positive.min() if positive.size else 1.0
+        dens = np.log10(np.maximum(dens, floor))
+    fig = new_figure(figsize=(5.2, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(dens, origin="lower", extent=grid.extent, aspect="auto", cmap=cmap)
+    if points is not None:
+        p = _points(points)
+        ax.scatter(p[:, 0], p[:, 1], s=1, color="white", alpha=0.3, linewidths=0, rasterized=len(p) > 5000)
+    fig.colorbar(im, ax=ax, label=("log10 " if log else "") + f"density ({grid.method})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def selection_handler(on_select: Callable[[np.ndarray], object]) -> Callable:
+    """Adapter from plotly's ``on_selection(trace, points, selector)`` to
+    ``on_select(indices (m,) int64)`` (rows of the plotted points, sorted)."""
+
+    def handler(trace, points, selector) -> None:
+        on_select(np.sort(np.asarray(points.point_inds, dtype=np.int64)))
+
+    return handler
+
+
+def make_selectable_scatter(points, on_select: Callable[[np.ndarray], object], color=None,
+                            color_label: str | None = None, xlabel: str = "PC1", ylabel: str = "PC2",
+                            title: str | None = None, marker_size: float = 4.0):
+    """Interactive plotly ``go.FigureWidget`` scatter of ``points`` (n, 2), lasso mode.
+
+    Each lasso or box selection calls ``on_select(indices)`` with the sorted int64 rows
+    of ``points`` selected (particle indices when the points are z's rows). Needs a live
+    Jupyter kernel and anywidget; raises ImportError naming the fix otherwise.
+    """
+    import plotly.graph_objects as go
+
+    p = _points(points)
+    marker = dict(size=marker_size, opacity=0.7)
+    if color is not None:
+        c = _numpy(color).reshape(-1).astype(np.float64)
+        if len(c) != len(p):
+            raise ValueError(f"color has {len(c)} values for {len(p)} points")
+        marker.update(color=c, colorscale="Viridis", showscale=True, colorbar=dict(title=color_label or ""))
+    scatter = go.Scattergl(x=p[:, 0], y=p[:, 1], mode="markers", marker=marker,
+                           hovertemplate="particle %{pointNumber}<extra></extra>")
+    try:
+        widget = go.FigureWidget(data=[scatter])
+    except ImportError as err:
+        raise ImportError(f"the interactive scatter needs anywidget ({err}). Fix: `pip install anywidget`, "
+                          "or draw latent_scatter() and select with analysis.indices_in_polygon()") from err
+    widget.update_layout(dragmode="lasso", title=title, xaxis_title=xlabel, yaxis_title=ylabel,
+                         width=560, height=480, margin=dict(l=40, r=10, t=40, b=40))
+    widget.data[0].on_selection(selection_handler(on_select))
+    return widget
