@@ -260,7 +260,8 @@ class Encoder(nn.Module):
         if images.dim() != 3 or images.shape[-2:] != (cfg.d, cfg.d):
             raise ValueError(f"Encoder expects (b, {cfg.d}, {cfg.d}) images, got {tuple(images.shape)}")
         raw = self.heads(self.trunk(images))
-        rots = s2s2_to_matrix(raw.rot6)  # (b, K, 3, 3)
+        rot6 = raw.rot6.float() if raw.rot6.dtype in (torch.float16, torch.bfloat16) else raw.rot6
+        rots = s2s2_to_matrix(rot6)  # (b, K, 3, 3); Gram-Schmidt in fp32 (or fp64) under AMP
         if cfg.n_pose_hypotheses == 1:
             rots = rots[:, 0]  # (b, 3, 3)
         shift_px = cfg.max_shift_px * torch.tanh(raw.shift_raw)  # (b, 2)
