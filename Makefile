@@ -7,6 +7,7 @@
 #   make run-notebooks  re-execute notebooks/*.ipynb in place, strip volatile metadata, check
 #   make demo           cryofire-nb demo -o demo_out
 #   make bench          bench/run_all.py
+#   make bench-train    bench/bench_train.py: ours vs cryoDRGN training, same budget (BENCH_ARGS=...)
 #   make cryodrgn-venv  .venv-cryodrgn/ with cryoDRGN 4.3.1 (CPU torch) for side-by-side checks
 #   make clean / distclean
 #
@@ -41,11 +42,11 @@ NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 # nbval collects the notebooks only when they exist, so `make test` works before they do.
 NBVAL_ARGS := $(if $(NOTEBOOKS),--nbval-lax --nbval-current-env $(NOTEBOOKS))
 
-.PHONY: help install test test-slow check-notebooks run-notebooks demo bench cryodrgn-venv \
+.PHONY: help install test test-slow check-notebooks run-notebooks demo bench bench-train cryodrgn-venv \
 	cryodrgn-check clean distclean
 
 help:
-	@sed -n '3,12p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- install
 install: $(INSTALLED)
@@ -91,6 +92,13 @@ bench: $(INSTALLED)
 	@if [ -f bench/run_all.py ]; then \
 		$(RUN_ENV) $(VENV_BIN)/python bench/run_all.py; \
 	else echo "bench/run_all.py does not exist yet"; fi
+
+# Training images/s, pose error and conformation recovery of cryofire-nb train against
+# cryoDRGN abinit / abinit_het_old / train_vae under one wall-clock budget per tool (needs
+# make cryodrgn-venv); e.g. make bench-train BENCH_ARGS="--n 1500 --minutes 1"
+BENCH_ARGS ?=
+bench-train: $(INSTALLED)
+	$(RUN_ENV) $(VENV_BIN)/python bench/bench_train.py $(BENCH_ARGS)
 
 # ---------------------------------------------------------------- cryoDRGN side by side
 # cryoDRGN 4.3.1 asks for torch>=2, so the CPU torch is installed first and pinned again
