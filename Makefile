@@ -5,8 +5,9 @@
 #   make test-slow      tests marked `slow` or `cryodrgn`
 #   make check-notebooks  notebooks are committed executed, in order, without volatile metadata
 #   make run-notebooks  re-execute notebooks/*.ipynb in place, strip volatile metadata, check
+#   make test-browser   notebook 05 in headless JupyterLab + Chromium (Playwright): widget, lasso, files
 #   make demo           cryofire-nb demo -o demo_out
-#   make bench          bench/run_all.py
+#   make bench          every bench/ script against cryoDRGN (needs make cryodrgn-venv)
 #   make bench-train    bench/bench_train.py: ours vs cryoDRGN training, same budget (BENCH_ARGS=...)
 #   make cryodrgn-venv  .venv-cryodrgn/ with cryoDRGN 4.3.1 (CPU torch) for side-by-side checks
 #   make clean / distclean
@@ -42,11 +43,11 @@ NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 # nbval collects the notebooks only when they exist, so `make test` works before they do.
 NBVAL_ARGS := $(if $(NOTEBOOKS),--nbval-lax --nbval-current-env $(NOTEBOOKS))
 
-.PHONY: help install test test-slow check-notebooks run-notebooks demo bench bench-train cryodrgn-venv \
-	cryodrgn-check clean distclean
+.PHONY: help install test test-slow check-notebooks run-notebooks test-browser demo bench bench-train \
+	cryodrgn-venv cryodrgn-check clean distclean
 
 help:
-	@sed -n '3,13p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- install
 install: $(INSTALLED)
@@ -76,6 +77,22 @@ test-slow: $(INSTALLED)
 check-notebooks: $(INSTALLED)
 	$(VENV_BIN)/python tools/check_notebooks.py $(NOTEBOOKS)
 
+# Browser check: JupyterLab on a random localhost port with a token, notebook 05 run in
+# headless Chromium driven by Playwright (Python), plotly widget rendered, a lasso drawn,
+# the selection files checked; screenshots in browser_out/ (git-ignored). Uses the
+# system Chromium (CHROMIUM=/usr/bin/chromium; Debian: apt-get install chromium), never
+# `playwright install` (no browser downloads).
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_INSTALLED := $(VENV)/.browser-installed
+
+$(BROWSER_INSTALLED): pyproject.toml | $(INSTALLED)
+	$(VENV_BIN)/python -m pip install -e ".[dev,browser]"
+	touch $@
+
+test-browser: $(INSTALLED) $(BROWSER_INSTALLED)
+	@test -x $(CHROMIUM) || { echo "error: $(CHROMIUM) not found; install Chromium (Debian: apt-get install -y chromium) or pass CHROMIUM=/path"; exit 1; }
+	$(RUN_ENV) $(VENV_BIN)/python tools/browser_check.py --chromium $(CHROMIUM) --out browser_out
+
 # Restart-and-run-all from the command line, so counts run 1, 2, 3, ... in cell order.
 # Pick some with: make run-notebooks NB="notebooks/01_*.ipynb"
 NB ?= $(NOTEBOOKS)
@@ -88,10 +105,10 @@ run-notebooks: $(INSTALLED)
 demo: $(INSTALLED)
 	$(RUN_ENV) $(VENV_BIN)/cryofire-nb demo -o demo_out
 
-bench: $(INSTALLED)
-	@if [ -f bench/run_all.py ]; then \
-		$(RUN_ENV) $(VENV_BIN)/python bench/run_all.py; \
-	else echo "bench/run_all.py does not exist yet"; fi
+bench: $(INSTALLED) $(CRYODRGN_INSTALLED)
+	$(RUN_ENV) $(VENV_BIN)/python bench/roundtrip_d64.py
+	$(RUN_ENV) $(VENV_BIN)/python bench/compare_backproject_cryodrgn.py
+	$(RUN_ENV) $(VENV_BIN)/python bench/bench_train.py $(BENCH_ARGS)
 
 # Training images/s, pose error and conformation recovery of cryofire-nb train against
 # cryoDRGN abinit / abinit_het_old / train_vae under one wall-clock budget per tool (needs

@@ -21,21 +21,27 @@ def _corners(pos: Tensor, size: int):
     """Trilinear corners of points ``pos`` (..., 3) as (x, y, z) voxel indices.
 
     Returns flat indices (..., 8) into a ``size^3`` [z, y, x] grid and weights (..., 8);
-    corners outside the grid get weight 0 (and a safe index 0).
+    corners outside the grid get weight 0 (and a safe index 0). Corner order: z slowest,
+    x fastest; weight ``w_x * w_y * w_z``. The per-axis pieces (index, weight, inside)
+    are computed once and combined, which is a few times faster than per corner.
     """
     p0 = torch.floor(pos)
     frac = pos - p0  # (..., 3)
     p0 = p0.long()
+    axes = []  # per axis (x, y, z): ((index, weight, inside) of the low and high corner)
+    for a in range(3):
+        lo, f = p0[..., a], frac[..., a]
+        hi = lo + 1
+        axes.append(((lo, 1 - f, (lo >= 0) & (lo < size)), (hi, f, (hi >= 0) & (hi < size))))
     idx, wts = [], []
-    for dz in (0, 1):
-        for dy in (0, 1):
-            for dx in (0, 1):
-                off = torch.tensor([dx, dy, dz], device=pos.device)
-                c = p0 + off  # (..., 3)
-                w = ((frac if dx else 1 - frac)[..., 0] * (frac if dy else 1 - frac)[..., 1]
-                     * (frac if dz else 1 - frac)[..., 2])
-                inside = ((c >= 0) & (c < size)).all(-1)
-                flat = (c[..., 2] * size + c[..., 1]) * size + c[..., 0]
+    for cz, wz, vz in axes[2]:
+        for cy, wy, vy in axes[1]:
+            zy = cz * size + cy
+            vzy = vz & vy
+            for cx, wx, vx in axes[0]:
+                inside = vx & vzy
+                flat = zy * size + cx
+                w = wx * wy * wz
                 idx.append(torch.where(inside, flat, torch.zeros_like(flat)))
                 wts.append(torch.where(inside, w, torch.zeros_like(w)))
     return torch.stack(idx, -1), torch.stack(wts, -1)

@@ -13,9 +13,11 @@ HELP = "run the whole pipeline on the bundled demo data (simulate, reconstruct, 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--outdir", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
-    p.add_argument("--minutes", type=float, help="training time limit (default 3 on cpu, 8 with --init-search, 8 on cuda)")
+    p.add_argument("--minutes", type=float, help="training time limit (default 6 on cpu, 3 with --no-init-search, 8 on cuda)")
     p.add_argument("--config", type=Path, help="simulation config (default data_demo/demo_sim.yaml)")
-    p.add_argument("--init-search", action="store_true", help="start from the voxel pose search (cryofire_nb.abinit) and distil its poses")
+    p.add_argument("--no-init-search", dest="init_search", action="store_false",
+                   help="skip the voxel pose search (cryofire_nb.abinit) that initialises the encoder: plain "
+                        "amortised training, which needs far more images than the CPU demo sees")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 

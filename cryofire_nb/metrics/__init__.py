@@ -5,12 +5,15 @@
   search over both hands plus Procrustes refinement. Errors after alignment: view
   direction (angle between third rows), in-plane (twist about the view axis) and
   geodesic, in degrees; translations in pixels of the image size ``d`` (not d + 1), raw
-  and after removing a fitted global 3-D offset.
+  and after removing a fitted global 3-D offset; :func:`errors_by_bin` groups per-image
+  errors by another quantity (defocus, ...) to see where they concentrate.
 * Conformations (:mod:`.conformation`): PC1 of z, the confusion error for discrete
-  states (optimal thresholds on PC1), |Spearman(PC1, truth)|, an oracle linear probe.
+  states (optimal thresholds on PC1), the error of cluster labels (k-means, GMM) after the
+  best label matching, |Spearman(PC1, truth)|, an oracle linear probe.
+* Images (:mod:`.images`): per-image correlation of two stacks.
 * Volumes (:mod:`.volumes`): real-space correlation, FSC per state (0.5 / 0.143
   crossings, CryoBench AUC) after bringing the predicted map into the reference frame,
-  and CryoBench's per-image FSC.
+  CryoBench's per-image FSC, and the radius of gyration of the densest voxels.
 * :func:`evaluate_run` does all of it in one call and returns :class:`RunMetrics`
   (``to_dict()`` for JSON, ``summary_lines()`` for rounded numbers).
 
@@ -19,22 +22,25 @@ Rotation convention (cryoDRGN): pixel (x, y) integrates the volume along z at
 ``(R @ a)[:2]``. Pose files store shifts as fractions of the box.
 """
 
-from .conformation import (PC1, ConfusionResult, ConformationMetrics, conformation_metrics,
-                           confusion_error, linear_probe_r2, pca_pc1, spearman_pc1)
-from .poses import (MIRROR_Z, AlignmentConfig, AngularSummary, PoseAlignment, RotationErrors,
-                    TranslationErrors, align_poses, fit_global_offset, geodesic_error_deg,
+from .conformation import (PC1, ClusterMatch, ConfusionResult, ConformationMetrics, cluster_label_error,
+                           conformation_metrics, confusion_error, linear_probe_r2, pca_pc1, spearman_pc1)
+from .images import image_correlation
+from .poses import (MIRROR_Z, AlignmentConfig, AngularSummary, BinnedErrors, PoseAlignment, RotationErrors,
+                    TranslationErrors, align_poses, errors_by_bin, fit_global_offset, geodesic_error_deg,
                     in_plane_error_deg, mirror_rotations, project_to_so3, rotation_errors,
                     translation_errors, view_error_deg)
 from .report import RunMetrics, evaluate_run
 from .volumes import (PerImageFSC, StateVolumeMetrics, align_volume, per_image_fsc,
-                      state_volume_metrics, volume_correlation)
+                      state_volume_metrics, volume_correlation, volume_radius_of_gyration)
 
 __all__ = [
-    "MIRROR_Z", "PC1", "AlignmentConfig", "AngularSummary", "ConfusionResult",
+    "MIRROR_Z", "PC1", "AlignmentConfig", "AngularSummary", "BinnedErrors", "ClusterMatch", "ConfusionResult",
     "ConformationMetrics", "PerImageFSC", "PoseAlignment", "RotationErrors", "RunMetrics",
     "StateVolumeMetrics", "TranslationErrors", "align_poses", "align_volume",
-    "conformation_metrics", "confusion_error", "evaluate_run", "fit_global_offset",
-    "geodesic_error_deg", "in_plane_error_deg", "linear_probe_r2", "mirror_rotations",
+    "cluster_label_error", "conformation_metrics", "confusion_error", "errors_by_bin", "evaluate_run", "fit_global_offset",
+    "geodesic_error_deg", "image_correlation", "in_plane_error_deg", "linear_probe_r2",
+    "mirror_rotations",
     "pca_pc1", "per_image_fsc", "project_to_so3", "rotation_errors", "spearman_pc1",
     "state_volume_metrics", "translation_errors", "view_error_deg", "volume_correlation",
+    "volume_radius_of_gyration",
 ]

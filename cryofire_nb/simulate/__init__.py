@@ -7,7 +7,8 @@ conformations in :mod:`.atoms`; settings in :mod:`.config`; the dataset writer i
 :mod:`.dataset` (``cryofire-nb simulate CONFIG.yaml -o DIR``).
 """
 
-from .atoms import AtomicModel, Conformations, read_atoms, read_conformations
+from .atoms import (AtomicModel, Conformations, radius_of_gyration, read_atoms, read_conformations,
+                    write_interpolated_structure)
 from .config import CtfConfig, DensityConfig, HeterogeneityConfig, SimConfig, ViewConfig
 from .dataset import (ParticleParams, SimulatedDataset, SimulationPlan, plan_dataset, render, render_clean,
                       sample_params, simulate_dataset)
@@ -20,7 +21,8 @@ __all__ = [
     "AtomicModel", "Conformations", "CtfConfig", "DensityConfig", "HeterogeneityConfig", "ParticleParams",
     "Scattering", "SimConfig", "SimulatedDataset", "SimulationPlan", "ViewConfig", "add_noise", "apply_ctf",
     "bfactor_from_resolution", "clean_particles", "ctf_on_grid", "fourier_volume_from_atoms", "invert_contrast",
-    "noise_images", "particles", "plan_dataset", "project_atoms", "read_atoms", "read_conformations", "render",
+    "noise_images", "particles", "plan_dataset", "project_atoms", "radius_of_gyration", "read_atoms",
+    "read_conformations", "render",
     "render_clean", "sample_params", "scattering_from_elements", "scattering_from_weights", "shift_to_stored",
-    "signal_variance", "simulate_dataset", "to_real", "volume_from_atoms",
+    "signal_variance", "simulate_dataset", "to_real", "volume_from_atoms", "write_interpolated_structure",
 ]

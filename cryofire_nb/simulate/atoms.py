@@ -145,3 +145,55 @@ def conformations_from_models(models: list[AtomicModel]) -> Conformations:
 def read_conformations(paths, heavy_only: bool = True) -> Conformations:
     """Read ``k`` structure files of one molecule as states (see :class:`Conformations`)."""
     return conformations_from_models([read_atoms(p, heavy_only) for p in paths])
+
+
+def write_interpolated_structure(paths, t: float, out_path: str | Path) -> Path:
+    """Write the structure at path position ``t`` in [0, 1] between the states ``paths``
+    (two or more files of one molecule, same heavy atoms in the same order) as a PDB file.
+
+    The coordinates are :meth:`Conformations.along_path` (piecewise linear through the
+    states: two states give ``(1 - t) * first + t * second``); the atom records (names,
+    residues, elements) are those of the first file with hydrogens, waters, alternative
+    locations and all models but the first removed. Use it to add an intermediate state
+    to a discrete simulation, e.g. ``structures: [open, mid, closed]`` with ``mid`` the
+    file written here at ``t = 0.5``. Linear interpolation of coordinates is a
+    geometric stand-in for a real intermediate (bond lengths are not kept exactly).
+    Written atomically; returns ``out_path``.
+    """
+    from ..io._atomic import atomic_path
+
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise InputError(None, f"need at least two structure files, got {len(paths)}", "list two or more states")
+    t = float(t)
+    if not 0.0 <= t <= 1.0:
+        raise InputError(None, f"path position t={t} is outside [0, 1]", "choose t between 0 and 1")
+    coords = read_conformations(paths).along_path([t])[0]  # (n, 3)
+    st = gemmi.read_structure(str(paths[0]))
+    st.remove_alternative_conformations()
+    st.remove_waters()
+    st.remove_hydrogens()
+    while len(st) > 1:
+        del st[len(st) - 1]
+    atoms = [atom for chain in st[0] for res in chain for atom in res]
+    if len(atoms) != len(coords):  # read_atoms keeps exactly these atoms; guard anyway
+        raise InputError(paths[0], f"{len(atoms)} heavy atoms written but {len(coords)} read",
+                         "pass plain PDB / mmCIF files without unusual records")
+    for atom, (x, y, z) in zip(atoms, coords):
+        atom.pos = gemmi.Position(float(x), float(y), float(z))
+    out = Path(out_path)
+    with atomic_path(out) as tmp:
+        st.write_pdb(str(tmp))
+    return out
+
+
+def radius_of_gyration(coords_angstrom) -> np.ndarray | float:
+    """Radius of gyration (Angstrom) of atoms (n, 3), or of each state of (k, n, 3):
+    ``sqrt(mean_i |a_i - mean(a)|^2)`` with every atom weighted equally (a geometric
+    size; heavy atoms only when the coordinates come from :func:`read_atoms`)."""
+    a = np.asarray(coords_angstrom, dtype=np.float64)
+    if a.ndim not in (2, 3) or a.shape[-1] != 3 or a.shape[-2] == 0:
+        raise ValueError(f"coordinates must be (n, 3) or (k, n, 3) with n >= 1, got {a.shape}")
+    centred = a - a.mean(axis=-2, keepdims=True)
+    rg = np.sqrt((centred ** 2).sum(-1).mean(-1))
+    return float(rg) if a.ndim == 2 else rg

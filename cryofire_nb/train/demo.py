@@ -31,9 +31,9 @@ DATA_FILES = ("particles.mrcs", "poses.pkl", "ctf.pkl", "conf.pkl", "sim_info.ya
 class DemoSettings:
     out: Path
     device: str = "auto"
-    minutes: float | None = None  # training time limit; None -> 3 (cpu; 8 with init_search) or 8 (cuda)
+    minutes: float | None = None  # training time limit; None -> 6 (cpu with init_search; 3 without) or 8 (cuda)
     config: Path | None = None  # simulation config; None -> the bundled demo_sim.yaml
-    init_search: bool = False
+    init_search: bool = True  # plain amortised training needs far more images than a CPU demo sees
     seed: int = 0
     progress: bool = True
     timings_s: dict = field(default_factory=dict)
@@ -116,7 +116,7 @@ def known_pose_anchor(data: Path, out: Path) -> dict:
 def train_config(s: DemoSettings, data: Path, cuda: bool):
     from .config import TrainConfig
 
-    minutes = s.minutes if s.minutes is not None else (8.0 if cuda else (8.0 if s.init_search else 3.0))
+    minutes = s.minutes if s.minutes is not None else (8.0 if cuda else (6.0 if s.init_search else 3.0))
     common = dict(particles=str(data / "particles.mrcs"), outdir=str(s.out / "train"), ctf=str(data / "ctf.pkl"),
                   gt_poses=str(data / "poses.pkl"), gt_conf=str(data / "conf.pkl"), time_limit_min=minutes,
                   seed=s.seed, device="cuda" if cuda else "cpu", init_search=s.init_search, progress=s.progress,
