@@ -7,7 +7,8 @@ step                            functions (module)
 2-D views of z                  :func:`pca` (:class:`PCAResult`), :func:`umap_embedding`
                                 (:class:`UmapResult`) (:mod:`.latent`)
 clusters                        :func:`kmeans` (:class:`KMeansResult`: centres in z and
-                                the on-data particle nearest each centre)
+                                the on-data particle nearest each centre), :func:`gmm`
+                                (:class:`GMMResult`: Gaussian mixture, soft labels)
 density of states               :func:`density_grid` (:class:`DensityGrid`: 2-D histogram
                                 or Gaussian KDE on a grid, e.g. of PC1/PC2)
 traversals                      :func:`pc_traversal` (percentiles along a PC, mapped back
@@ -16,7 +17,8 @@ traversals                      :func:`pc_traversal` (percentiles along a PC, ma
 volumes                         :func:`volumes_at` (a volume generator such as
                                 ``VolumeDecoder.eval_volume`` at many z -> (m, d, d, d))
 selections                      :func:`indices_in_polygon`, :func:`write_selection`
-                                (index ``.pkl`` or a ``.star`` / ``.cs`` subset)
+                                (index ``.pkl`` or a ``.star`` / ``.cs`` subset),
+                                :class:`SelectionSaver` (a lasso callback writing all three)
                                 (:mod:`.selection`)
 ==============================  ==========================================================
 
@@ -29,14 +31,15 @@ Dimension letters: n particles, k latent dimension, c principal components, K cl
 m points on a traversal, d box.
 """
 
-from .latent import (DensityGrid, KMeansResult, PCAResult, UmapResult, UmapUnavailableError,
-                     as_latents, density_grid, kmeans, nearest_points, pca, umap_embedding)
-from .selection import indices_in_polygon, write_selection
+from .latent import (DensityGrid, GMMResult, KMeansResult, PCAResult, UmapResult, UmapUnavailableError,
+                     as_latents, density_grid, gmm, kmeans, nearest_points, pca, umap_embedding)
+from .selection import SelectionSaver, indices_in_polygon, write_selection
 from .traversal import GraphPath, Traversal, graph_path, knn_graph, pc_traversal, volumes_at
 
 __all__ = [
-    "DensityGrid", "GraphPath", "KMeansResult", "PCAResult", "Traversal", "UmapResult",
-    "UmapUnavailableError", "as_latents", "density_grid", "graph_path", "indices_in_polygon",
+    "DensityGrid", "GMMResult", "GraphPath", "KMeansResult", "PCAResult", "SelectionSaver", "Traversal",
+    "UmapResult",
+    "UmapUnavailableError", "as_latents", "density_grid", "gmm", "graph_path", "indices_in_polygon",
     "kmeans", "knn_graph", "nearest_points", "pc_traversal", "pca", "umap_embedding", "volumes_at",
     "write_selection",
 ]

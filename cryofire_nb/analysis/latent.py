@@ -1,5 +1,5 @@
-"""Low-dimensional views of the latent codes z: PCA, UMAP, k-means and the density of
-particles on a 2-D grid.
+"""Low-dimensional views of the latent codes z: PCA, UMAP, k-means, Gaussian mixtures
+and the density of particles on a 2-D grid.
 
 Dimension letters: n particles, k latent dimension, c principal components, K clusters,
 gx / gy grid cells along x / y.
@@ -169,6 +169,43 @@ def kmeans(z, n_clusters: int = 20, seed: int = 0, n_init: int = 10) -> KMeansRe
     centres = np.asarray(km.cluster_centers_, dtype=np.float64)  # (K, k)
     return KMeansResult(labels, centres, nearest_points(z, centres),
                         np.bincount(labels, minlength=n_clusters).astype(np.int64), float(km.inertia_))
+
+
+@dataclass(frozen=True)
+class GMMResult:
+    """Gaussian mixture model of z.
+
+    labels: (n,) int64 most probable component of each particle; probabilities: (n, K)
+    posterior responsibilities; means: (K, k) component means in z space;
+    nearest_indices: (K,) int64 particle whose z is nearest each mean; weights: (K,)
+    mixing fractions; bic: Bayesian information criterion of the fit (lower is better:
+    compare fits with different K).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    means: np.ndarray
+    nearest_indices: np.ndarray
+    weights: np.ndarray
+    bic: float
+
+
+def gmm(z, n_components: int = 2, seed: int = 0, covariance_type: str = "full", n_init: int = 3) -> GMMResult:
+    """Gaussian mixture (scikit-learn ``GaussianMixture``, seeded, k-means initialised)
+    of z (n, k) with ``n_components`` components. Unlike k-means, components may have
+    different sizes and shapes (``covariance_type`` 'full', 'diag', 'tied', 'spherical')."""
+    from sklearn.mixture import GaussianMixture
+
+    z = as_latents(z)
+    if not 1 <= n_components <= len(z):
+        raise InputError(None, f"n_components={n_components} for {len(z)} particles",
+                         f"choose 1 .. {len(z)} components")
+    model = GaussianMixture(n_components=n_components, covariance_type=covariance_type, random_state=seed,
+                            n_init=n_init).fit(z)
+    prob = model.predict_proba(z)  # (n, K)
+    means = np.asarray(model.means_, dtype=np.float64)
+    return GMMResult(prob.argmax(1).astype(np.int64), prob, means, nearest_points(z, means),
+                     np.asarray(model.weights_, dtype=np.float64), float(model.bic(z)))
 
 
 # --------------------------------------------------------------------------- density

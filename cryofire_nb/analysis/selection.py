@@ -95,3 +95,41 @@ def _check_range(src: Path, ind: np.ndarray, n: int) -> None:
     if ind.size and ind.max() >= n:
         raise InputError(src, f"index {int(ind.max())} is out of range for its {n} particles",
                          "the selection was made on a different (larger) particle set")
+
+
+class SelectionSaver:
+    """Callback that writes every selection it receives: pass it as ``on_select`` to
+    :func:`cryofire_nb.viz.make_selectable_scatter` (or call it with indices yourself).
+
+    Each call writes ``OUT_DIR/STEM.pkl`` (indices), and ``STEM.star`` / ``STEM.cs`` (the
+    subsets of the source tables, when given) through :func:`write_selection`,
+    overwriting the previous selection; ``last`` holds the indices (sorted, unique) and
+    ``written`` the paths of the latest call, ``count`` the number of calls. An empty
+    selection (a click on empty space) writes nothing and keeps the previous files.
+    """
+
+    def __init__(self, out_dir, star=None, cs=None, stem: str = "selected", n_particles: int | None = None):
+        self.out_dir = Path(out_dir)
+        self.star = None if star is None else Path(star)
+        self.cs = None if cs is None else Path(cs)
+        self.stem = stem
+        self.n_particles = n_particles
+        self.last = np.zeros(0, dtype=np.int64)
+        self.written: list[Path] = []
+        self.count = 0
+
+    def __call__(self, indices) -> list[Path]:
+        ind = _as_indices(indices)
+        if ind.size == 0:
+            return []
+        if self.n_particles is not None and ind.max() >= self.n_particles:
+            raise InputError(None, f"index {int(ind.max())} is out of range for {self.n_particles} particles",
+                             "select on the points of this particle set")
+        paths = [write_selection(ind, self.out_dir / f"{self.stem}.pkl")]
+        if self.star is not None:
+            paths.append(write_selection(ind, self.out_dir / f"{self.stem}.star", source=self.star))
+        if self.cs is not None:
+            paths.append(write_selection(ind, self.out_dir / f"{self.stem}.cs", source=self.cs))
+        self.last, self.written = ind, paths
+        self.count += 1
+        return paths

@@ -23,7 +23,7 @@ writer is atomic (temporary file in the same folder, then ``os.replace``); bad i
 raises :class:`cryofire_nb.errors.InputError` naming the file and the fix.
 """
 
-from .cs import read_cs, write_cs
+from .cs import make_cs_table, read_cs, write_cs
 from .mrc import MrcData, MrcHeaderInfo, open_stack_writer, read_mrc, read_mrc_header, write_mrc
 from .parse import PosesAndCtf, parse_cs_poses_ctf, parse_star_poses_ctf
 from .pkl import (read_ctf, read_indices, read_latents, read_poses, write_ctf, write_indices,
@@ -35,7 +35,7 @@ from .star import (ParticleOptics, StarTable, image_names_for_stack, read_star, 
 
 __all__ = [
     "CtfParams", "ImageSource", "Latents", "MrcData", "MrcHeaderInfo", "ParticleOptics", "Poses",
-    "PosesAndCtf", "StarTable", "image_names_for_stack", "open_stack_writer", "parse_cs_poses_ctf",
+    "PosesAndCtf", "StarTable", "image_names_for_stack", "make_cs_table", "open_stack_writer", "parse_cs_poses_ctf",
     "parse_star_poses_ctf", "read_cs", "read_ctf", "read_indices", "read_latents", "read_mrc",
     "read_mrc_header", "read_poses", "read_star", "write_cs", "write_ctf", "write_indices",
     "write_latents", "write_mrc", "write_poses", "write_relion31_star", "write_star",

@@ -154,6 +154,49 @@ def confusion_error(z, labels, max_exhaustive_classes: int = 6) -> ConfusionResu
                            tuple(classes[list(order)].tolist()), n_cls, exhaustive)
 
 
+@dataclass(frozen=True)
+class ClusterMatch:
+    """Best one-to-one matching of predicted cluster labels to true classes.
+
+    error_fraction: fraction of images whose cluster is not matched to their true class
+        (clusters left unmatched, when there are more clusters than classes, count as
+        errors). n_misclassified: the count. mapping: predicted label -> true class for
+        the matched clusters. contingency: (n_pred, n_true) counts, rows and columns in
+        the order of ``pred_labels`` and ``true_labels`` (sorted unique values).
+    """
+
+    error_fraction: float
+    n_misclassified: int
+    mapping: dict
+    contingency: np.ndarray
+
+
+def cluster_label_error(pred_labels, true_labels) -> ClusterMatch:
+    """Misclassification of unsupervised cluster labels (k-means, GMM) against the true
+    discrete states, after the label permutation that maximises the agreement
+    (Hungarian assignment on the contingency table, scipy ``linear_sum_assignment``).
+
+    Comparable with :func:`confusion_error`, which instead cuts PC1 at optimal
+    thresholds; both are 0 for a perfect split and about the minority fraction for a
+    useless one."""
+    from scipy.optimize import linear_sum_assignment
+
+    pred = np.asarray(pred_labels).reshape(-1)
+    true = np.asarray(true_labels).reshape(-1)
+    if len(pred) != len(true) or len(pred) == 0:
+        raise InputError(None, f"{len(pred)} predicted labels for {len(true)} true labels",
+                         "pass one label of each kind per image")
+    p_cls, p = np.unique(pred, return_inverse=True)
+    t_cls, t = np.unique(true, return_inverse=True)
+    table = np.zeros((len(p_cls), len(t_cls)), dtype=np.int64)
+    np.add.at(table, (p, t), 1)
+    rows, cols = linear_sum_assignment(-table)
+    correct = int(table[rows, cols].sum())
+    mapping = {p_cls[r].item(): t_cls[c].item() for r, c in zip(rows, cols)}
+    wrong = len(pred) - correct
+    return ClusterMatch(wrong / len(pred), wrong, mapping, table)
+
+
 def spearman_pc1(z, truth) -> float:
     """|Spearman rank correlation| between PC1 of ``z`` and a ground-truth coordinate
     (continuous, or a state index): invariant to the sign of PC1."""

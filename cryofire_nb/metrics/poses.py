@@ -386,3 +386,49 @@ def translation_errors(pred_trans, gt_trans, gt_rots, d: int) -> TranslationErro
     resid = diff - r[:, :2, :] @ delta
     return TranslationErrors(np.linalg.norm(diff, axis=1), np.linalg.norm(resid, axis=1),
                              tuple(float(x) for x in delta))
+
+
+# --------------------------------------------------------------------------- where errors sit
+
+
+@dataclass(frozen=True)
+class BinnedErrors:
+    """Per-image errors grouped by another per-image quantity (defocus, tilt, ...).
+
+    edges: (b + 1,) bin edges of the quantity (quantiles by default, so bins hold about
+    equal numbers of images); count: (b,) images per bin; median, q25, q75, mean: (b,)
+    of the errors in each bin (NaN for an empty bin).
+    """
+
+    edges: np.ndarray
+    count: np.ndarray
+    median: np.ndarray
+    q25: np.ndarray
+    q75: np.ndarray
+    mean: np.ndarray
+
+    @property
+    def centres(self) -> np.ndarray:
+        return 0.5 * (self.edges[1:] + self.edges[:-1])
+
+
+def errors_by_bin(values, errors, n_bins: int = 8, equal_count: bool = True) -> BinnedErrors:
+    """Group per-image ``errors`` (n,) by ``values`` (n,) into ``n_bins`` bins: quantile
+    bins (``equal_count``) or equal-width bins over the range. Every image falls in
+    exactly one bin (the last bin includes its upper edge)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    e = np.asarray(errors, dtype=np.float64).reshape(-1)
+    if v.shape != e.shape or v.size == 0:
+        raise InputError(None, f"{v.size} values for {e.size} errors", "pass one value per image")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    edges = (np.quantile(v, np.linspace(0, 1, n_bins + 1)) if equal_count
+             else np.linspace(v.min(), v.max(), n_bins + 1))
+    which = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, n_bins - 1)  # (n,)
+    stats = np.full((5, n_bins), np.nan)
+    count = np.bincount(which, minlength=n_bins).astype(np.int64)
+    for b in range(n_bins):
+        eb = e[which == b]
+        if eb.size:
+            stats[:, b] = (np.median(eb), np.quantile(eb, 0.25), np.quantile(eb, 0.75), eb.mean(), 0)
+    return BinnedErrors(edges, count, stats[0], stats[1], stats[2], stats[3])

@@ -207,3 +207,31 @@ def per_image_fsc(z, labels, generator: Callable[[np.ndarray], Tensor],
         a = aucs[labels[idx] == k]
         per_state[k.item()] = (float(a.mean()), float(a.std()), int(len(a)))
     return PerImageFSC(idx, labels[idx], aucs, per_state)
+
+
+def volume_radius_of_gyration(volume, pixel_size_angstrom: float = 1.0, top_fraction: float = 0.03) -> float:
+    """Radius of gyration (Angstrom) of the densest ``top_fraction`` of the voxels of a
+    real-space volume (d, d, d): ``sqrt(sum w |p - c|^2 / sum w)`` with weights ``w`` the
+    density of those voxels (0 elsewhere) and ``c`` their weighted centre.
+
+    Keeping only the densest voxels makes it robust to the noise and blur of a
+    reconstruction, whose low background would otherwise dominate at large radii; choose
+    ``top_fraction`` a little below the molecule's share of the box (a protein of mass
+    M Da fills about M / 0.81 cubic Angstrom). Compare volumes with the same fraction:
+    the number tracks compaction (e.g. a domain closing) rather than the atomic Rg.
+    """
+    v = _volume(volume, "volume").detach().cpu().double().numpy()
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction must lie in (0, 1], got {top_fraction}")
+    level = np.quantile(v, 1.0 - top_fraction)
+    w = np.where(v >= level, v, 0.0)
+    w = np.clip(w, 0.0, None)
+    if w.sum() <= 0:
+        raise InputError(None, "the densest voxels are not positive", "pass a volume with positive density")
+    d = v.shape[0]
+    r = (np.arange(d) - d // 2) * float(pixel_size_angstrom)
+    zz, yy, xx = np.meshgrid(r, r, r, indexing="ij")
+    total = w.sum()
+    centre = [(w * a).sum() / total for a in (xx, yy, zz)]
+    r2 = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (zz - centre[2]) ** 2
+    return float(np.sqrt((w * r2).sum() / total))

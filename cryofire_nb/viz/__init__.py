@@ -13,13 +13,18 @@ images                     :func:`image_grid`                                   
 CTF                        :func:`ctf_profiles` (1-D, several defoci),          images
                            :func:`ctf_image` (2-D), :func:`ctf_2d` (array)
 volumes                    :func:`volume_slices`, :func:`volume_projections`,   volumes
-                           :func:`volume_series`, :func:`volume_isosurface`
-                           (plotly)
+                           :func:`volume_series`, :func:`volume_surfaces`
+                           (shaded isosurface pictures, static),
+                           :func:`volume_isosurface` (plotly)
 latent space               :func:`latent_scatter`, :func:`density_plot`,        latent
+                           :func:`pc1_histogram` (per class, thresholds),
                            :func:`make_selectable_scatter` (plotly widget)
 poses                      :func:`view_distribution` (Mollweide),               poses
-                           :func:`angular_error_histograms`
-curves                     :func:`fsc_curves`, :func:`training_curves`          curves
+                           :func:`angular_error_histograms`,
+                           :func:`view_error_map` (error per view direction),
+                           :func:`binned_errors_plot` (error vs defocus, ...)
+curves                     :func:`fsc_curves`, :func:`training_curves`,         curves
+                           :func:`metric_curves` (metric vs images seen, ...)
 =========================  ===================================================  ==========
 
 Conventions: images ``[y, x]`` and volumes ``[z, y, x]`` (centre at index d // 2) are
@@ -27,17 +32,18 @@ drawn with row 0 at the top; a rotation's view direction is its third row ``R[2]
 """
 
 from ._figure import new_figure, save_figure
-from .curves import fsc_curves, training_curves
+from .curves import fsc_curves, metric_curves, training_curves
 from .images import ctf_2d, ctf_image, ctf_profiles, image_grid
-from .latent import density_plot, latent_scatter, make_selectable_scatter, selection_handler
-from .poses import (ViewHistogram, angular_error_histograms, view_directions, view_distribution,
-                    view_histogram)
-from .volumes import volume_isosurface, volume_projections, volume_series, volume_slices
+from .latent import density_plot, latent_scatter, make_selectable_scatter, pc1_histogram, selection_handler
+from .poses import (ViewHistogram, angular_error_histograms, binned_errors_plot, view_directions,
+                    view_distribution, view_error_map, view_histogram)
+from .volumes import (isosurface_image, volume_isosurface, volume_projections, volume_series, volume_slices,
+                      volume_surfaces)
 
 __all__ = [
-    "ViewHistogram", "angular_error_histograms", "ctf_2d", "ctf_image", "ctf_profiles",
-    "density_plot", "fsc_curves", "image_grid", "latent_scatter", "make_selectable_scatter",
-    "new_figure", "save_figure", "selection_handler", "training_curves", "view_directions",
-    "view_distribution", "view_histogram", "volume_isosurface", "volume_projections",
-    "volume_series", "volume_slices",
+    "ViewHistogram", "angular_error_histograms", "binned_errors_plot", "ctf_2d", "ctf_image", "ctf_profiles",
+    "density_plot", "fsc_curves", "image_grid", "isosurface_image", "latent_scatter", "make_selectable_scatter",
+    "metric_curves", "new_figure", "pc1_histogram", "save_figure", "selection_handler", "training_curves",
+    "view_directions", "view_distribution", "view_error_map", "view_histogram", "volume_isosurface",
+    "volume_projections", "volume_series", "volume_slices", "volume_surfaces",
 ]

@@ -91,3 +91,31 @@ def training_curves(history, keys=("loss",), x: str = "images_seen", log_y: bool
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def metric_curves(curves: dict, xlabel: str = "images seen", ylabel: str = "value", title: str | None = None,
+                  log_y: bool = False, hline: float | None = None, hline_label: str | None = None,
+                  marker: str = "o"):
+    """Several metric-vs-x curves in one axes, e.g. the confusion error against images
+    seen for a few SNRs: ``curves`` maps a label to ``(x, y)`` (equal-length sequences).
+    ``hline``: a dotted reference line (a target), labelled ``hline_label``."""
+    if not curves:
+        raise ValueError("no curves given")
+    fig = new_figure(figsize=(5.6, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (label, (xs, ys)) in enumerate(curves.items()):
+        xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+        if xs.shape != ys.shape:
+            raise ValueError(f"curve {label!r}: x {xs.shape} and y {ys.shape} differ")
+        ax.plot(xs, ys, marker=marker, ms=3, lw=1.2, color=f"C{i % 10}", label=str(label))
+    if hline is not None:
+        ax.axhline(hline, color="0.3", ls=":", lw=1.0, label=hline_label)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

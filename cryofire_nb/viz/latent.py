@@ -117,12 +117,14 @@ def selection_handler(on_select: Callable[[np.ndarray], object]) -> Callable:
 
 def make_selectable_scatter(points, on_select: Callable[[np.ndarray], object], color=None,
                             color_label: str | None = None, xlabel: str = "PC1", ylabel: str = "PC2",
-                            title: str | None = None, marker_size: float = 4.0):
+                            title: str | None = None, marker_size: float = 4.0, webgl: bool | None = None):
     """Interactive plotly ``go.FigureWidget`` scatter of ``points`` (n, 2), lasso mode.
 
     Each lasso or box selection calls ``on_select(indices)`` with the sorted int64 rows
     of ``points`` selected (particle indices when the points are z's rows). Needs a live
     Jupyter kernel and anywidget; raises ImportError naming the fix otherwise.
+    ``webgl``: draw with ``Scattergl`` (fast for many points, needs WebGL in the browser)
+    or ``Scatter`` (SVG, renders everywhere); default WebGL above 10,000 points.
     """
     import plotly.graph_objects as go
 
@@ -133,7 +135,9 @@ def make_selectable_scatter(points, on_select: Callable[[np.ndarray], object], c
         if len(c) != len(p):
             raise ValueError(f"color has {len(c)} values for {len(p)} points")
         marker.update(color=c, colorscale="Viridis", showscale=True, colorbar=dict(title=color_label or ""))
-    scatter = go.Scattergl(x=p[:, 0], y=p[:, 1], mode="markers", marker=marker,
+    use_gl = len(p) > 10_000 if webgl is None else bool(webgl)
+    trace = go.Scattergl if use_gl else go.Scatter
+    scatter = trace(x=p[:, 0], y=p[:, 1], mode="markers", marker=marker,
                            hovertemplate="particle %{pointNumber}<extra></extra>")
     try:
         widget = go.FigureWidget(data=[scatter])
@@ -144,3 +148,29 @@ def make_selectable_scatter(points, on_select: Callable[[np.ndarray], object], c
                          width=560, height=480, margin=dict(l=40, r=10, t=40, b=40))
     widget.data[0].on_selection(selection_handler(on_select))
     return widget
+
+
+def pc1_histogram(pc1, labels, thresholds=None, bins: int = 60, title: str | None = None,
+                  xlabel: str = "PC1 of z", label_name: str = "true state"):
+    """Histograms of PC1 (n,) per true class (``labels`` (n,)), overlaid, with the class
+    boundaries ``thresholds`` (e.g. ``ConfusionResult.thresholds``) as dashed lines; one axes."""
+    x = _numpy(pc1).astype(np.float64).reshape(-1)
+    lab = _numpy(labels).reshape(-1)
+    if len(lab) != len(x):
+        raise ValueError(f"{len(lab)} labels for {len(x)} PC1 values")
+    edges = np.histogram_bin_edges(x, bins=bins)
+    fig = new_figure(figsize=(5.6, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    for j, value in enumerate(np.unique(lab)):
+        sel = lab == value
+        ax.hist(x[sel], bins=edges, alpha=0.55, color=f"C{j % 10}", label=f"{label_name} {value} ({sel.sum()})")
+    for k, t in enumerate(() if thresholds is None else thresholds):
+        if np.isfinite(t):
+            ax.axvline(t, color="k", ls="--", lw=1.0, label="threshold" if k == 0 else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

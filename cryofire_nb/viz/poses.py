@@ -94,3 +94,57 @@ def angular_error_histograms(errors=None, bins: int = 60, max_deg: float | None 
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def view_error_map(rots, errors, n_lon: int = 24, n_lat: int = 12, statistic: str = "median",
+                   min_count: int = 3, title: str | None = None, cmap: str = "magma"):
+    """Mollweide map of a per-image error (n,) by view direction of ``rots`` (n, 3, 3):
+    the median (or mean) error of the images in each equal-area cell (cells with fewer
+    than ``min_count`` images left blank). Shows whether errors concentrate on some views
+    (e.g. near a symmetry axis). The map and its colour bar (two axes)."""
+    if statistic not in ("median", "mean"):
+        raise ValueError(f"statistic must be 'median' or 'mean', got {statistic!r}")
+    e = _numpy(errors).astype(np.float64).reshape(-1)
+    v = view_directions(rots)
+    if len(v) != len(e):
+        raise ValueError(f"{len(e)} errors for {len(v)} rotations")
+    hist = view_histogram(rots, n_lon, n_lat)
+    lon = np.arctan2(v[:, 1], v[:, 0])
+    lat = np.arcsin(np.clip(v[:, 2], -1.0, 1.0))
+    i_lat = np.clip(np.searchsorted(hist.lat_edges, lat, side="right") - 1, 0, n_lat - 1)
+    i_lon = np.clip(np.searchsorted(hist.lon_edges, lon, side="right") - 1, 0, n_lon - 1)
+    cell = i_lat * n_lon + i_lon
+    stat = np.full(n_lat * n_lon, np.nan)
+    for c in np.unique(cell):
+        sel = e[cell == c]
+        if sel.size >= min_count:
+            stat[c] = np.median(sel) if statistic == "median" else sel.mean()
+    fig = new_figure(figsize=(5.8, 3.6))
+    ax = fig.add_subplot(1, 1, 1, projection="mollweide")
+    mesh = ax.pcolormesh(hist.lon_edges, hist.lat_edges, np.ma.masked_invalid(stat.reshape(n_lat, n_lon)),
+                         cmap=cmap, shading="flat")
+    ax.set_xticklabels([])
+    ax.grid(True, lw=0.3, alpha=0.5)
+    ax.set_title(title or f"{statistic} error per view direction ({len(e)} images)", fontsize=9)
+    fig.colorbar(mesh, ax=ax, orientation="horizontal", shrink=0.6, pad=0.06, label=f"{statistic} error (deg)")
+    return fig
+
+
+def binned_errors_plot(binned: dict, xlabel: str, ylabel: str = "error (deg)", title: str | None = None):
+    """Median and interquartile range of errors per bin of another quantity, one line per
+    entry of ``binned`` (label -> :class:`cryofire_nb.metrics.BinnedErrors`); one axes."""
+    if not binned:
+        raise ValueError("nothing to plot")
+    fig = new_figure(figsize=(5.6, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (label, b) in enumerate(binned.items()):
+        x = b.centres
+        ax.plot(x, b.median, marker="o", ms=3, color=f"C{i % 10}", label=f"{label} (median)")
+        ax.fill_between(x, b.q25, b.q75, color=f"C{i % 10}", alpha=0.2, lw=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, title="band: 25-75 %", title_fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
