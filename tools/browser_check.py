@@ -166,6 +166,8 @@ def run(args) -> int:
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("screenshot.png", "screenshot_selected.png", "failure.png"):
+        (out / stale).unlink(missing_ok=True)
     nb_copy = out / NOTEBOOK.name
     write_without_outputs(NOTEBOOK, nb_copy)
     rel = nb_copy.relative_to(REPO)
@@ -185,6 +187,9 @@ def run(args) -> int:
                 step = "launch Chromium"
                 browser = pw.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                console = open(out / "console.log", "w")
+                page.on("console", lambda msg: console.write(f"[{msg.type}] {msg.text}\n"))
+                page.on("pageerror", lambda exc: console.write(f"[pageerror] {exc}\n"))
                 try:
                     page.set_default_timeout(60_000)
                     step = "open the notebook"
@@ -209,17 +214,27 @@ def run(args) -> int:
                     if box is None:
                         raise AssertionError("the plot's drag layer has no size")
                     t_sel = time.time()
-                    # a pentagon over the right part of the plot (the high-PC1 end), then closed
-                    corners = [(0.55, 0.08), (0.98, 0.08), (0.98, 0.95), (0.72, 0.95), (0.55, 0.5), (0.55, 0.08)]
+                    # a pentagon over the right part of the plot (the high-PC1 end); plotly closes it.
+                    # Move at a human pace: plotly.js throttles the lasso, and a mouse-up straight
+                    # after fast moves can end the drag without a 'plotly_selected' event.
+                    corners = [(0.55, 0.08), (0.98, 0.08), (0.98, 0.95), (0.72, 0.95), (0.55, 0.5), (0.56, 0.12)]
                     polygon = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in corners]
-                    page.mouse.move(*polygon[0])
-                    page.mouse.down()
-                    for x, y in polygon[1:]:
-                        page.mouse.move(x, y, steps=12)
-                    page.mouse.up()
-                    deadline = time.monotonic() + 60
-                    while not (SELECTION / "lasso.cs").is_file() and time.monotonic() < deadline:
-                        time.sleep(0.5)
+                    for attempt in range(1, 4):  # retried: a lost selection event should not fail the check
+                        page.mouse.move(polygon[0][0] - 5, polygon[0][1])
+                        page.mouse.move(*polygon[0], steps=3)
+                        page.mouse.down()
+                        for x, y in polygon[1:]:
+                            page.mouse.move(x, y, steps=12)
+                            page.wait_for_timeout(100)
+                        page.wait_for_timeout(300)
+                        page.mouse.up()
+                        deadline = time.monotonic() + 30
+                        while not (SELECTION / "lasso.cs").is_file() and time.monotonic() < deadline:
+                            page.wait_for_timeout(500)
+                        if (SELECTION / "lasso.cs").is_file():
+                            break
+                        print(f"lasso attempt {attempt}: no files after 30 s, kernel {kernel_states(base, token)}",
+                              flush=True)
                     time.sleep(1.0)  # let the last of the three writes finish
                     summary = check_selection_files(t_sel - 1, n_points)
                     print(f"lasso: {summary}", flush=True)
@@ -234,6 +249,7 @@ def run(args) -> int:
                     raise
                 finally:
                     browser.close()
+                    console.close()
         except Exception as err:  # noqa: BLE001 - report the step that failed
             print(f"browser check FAILED at '{step}': {type(err).__name__}: {err}", file=sys.stderr)
             return 1

@@ -168,6 +168,7 @@ def isosurface_image(volume, level: float, axis: str = "z", upsample: int = 2,
     # normal = -grad(v) at the crossing (density falls outward), interpolated between the
     # two voxels; components (toward the viewer, down, right) -> picture (x right, y down, z out)
     g_depth, g_row, g_col = np.gradient(v)
+
     def at(g):
         ga = np.take_along_axis(g, prev[None], 0)[0]
         gb = np.take_along_axis(g, first[None], 0)[0]
