@@ -66,3 +66,16 @@ def save_figure(fig, path, dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=fmt)
     return path
+
+
+def finish_axes(fig, ax, xlabel: str, ylabel: str, title: str | None = None, legend: dict | None = None):
+    """The common end of a one-panel figure: axis labels, an optional legend (``legend``
+    holds its keyword arguments), an optional title, tight layout. Returns ``fig``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if legend is not None:
+        ax.legend(**legend)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

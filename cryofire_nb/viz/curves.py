@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._figure import new_figure
+from ._figure import finish_axes, new_figure
 
 
 def _fsc_xy(curve, use_angstrom: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -47,13 +47,8 @@ def fsc_curves(curves, labels=None, title: str | None = None):
     for t, style in ((0.5, "--"), (0.143, ":")):
         ax.axhline(t, color="0.4", lw=0.8, ls=style, label=f"FSC = {t}")
     ax.set_ylim(-0.1, 1.05)
-    ax.set_xlabel("spatial frequency (1/Angstrom)" if use_angstrom else "spatial frequency (cycles/pixel)")
-    ax.set_ylabel("FSC")
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return finish_axes(fig, ax, "spatial frequency (1/Angstrom)" if use_angstrom else "spatial frequency (cycles/pixel)",
+                       "FSC", title, legend=dict(fontsize=7))
 
 
 def training_curves(history, keys=("loss",), x: str = "images_seen", log_y: bool = True,
@@ -112,10 +107,4 @@ def metric_curves(curves: dict, xlabel: str = "images seen", ylabel: str = "valu
         ax.axhline(hline, color="0.3", ls=":", lw=1.0, label=hline_label)
     if log_y:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return finish_axes(fig, ax, xlabel, ylabel, title, legend=dict(fontsize=7))

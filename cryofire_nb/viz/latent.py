@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._figure import new_figure
+from ._figure import finish_axes, new_figure
 from .images import _numpy
 
 
@@ -73,12 +73,7 @@ def latent_scatter(points, color=None, color_label: str | None = None, categoric
         ax.scatter(a[:, 0], a[:, 1], s=30, color="black", marker="x")
         for j, (x, y) in enumerate(a):
             ax.annotate(str(j), (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return finish_axes(fig, ax, xlabel, ylabel, title)
 
 
 def density_plot(grid, points=None, log: bool = False, title: str | None = None,
@@ -97,12 +92,7 @@ def density_plot(grid, points=None, log: bool = False, title: str | None = None,
         p = _points(points)
         ax.scatter(p[:, 0], p[:, 1], s=1, color="white", alpha=0.3, linewidths=0, rasterized=len(p) > 5000)
     fig.colorbar(im, ax=ax, label=("log10 " if log else "") + f"density ({grid.method})")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return finish_axes(fig, ax, xlabel, ylabel, title)
 
 
 def selection_handler(on_select: Callable[[np.ndarray], object]) -> Callable:
@@ -167,10 +157,4 @@ def pc1_histogram(pc1, labels, thresholds=None, bins: int = 60, title: str | Non
     for k, t in enumerate(() if thresholds is None else thresholds):
         if np.isfinite(t):
             ax.axvline(t, color="k", ls="--", lw=1.0, label="threshold" if k == 0 else None)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("images")
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return finish_axes(fig, ax, xlabel, "images", title, legend=dict(fontsize=7))

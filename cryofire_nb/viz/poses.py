@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._figure import new_figure
+from ._figure import finish_axes, new_figure
 from .images import _numpy
 
 
@@ -141,10 +141,4 @@ def binned_errors_plot(binned: dict, xlabel: str, ylabel: str = "error (deg)", t
         x = b.centres
         ax.plot(x, b.median, marker="o", ms=3, color=f"C{i % 10}", label=f"{label} (median)")
         ax.fill_between(x, b.q25, b.q75, color=f"C{i % 10}", alpha=0.2, lw=0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, title="band: 25-75 %", title_fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return finish_axes(fig, ax, xlabel, ylabel, title, legend=dict(fontsize=7, title="band: 25-75 %", title_fontsize=7))
