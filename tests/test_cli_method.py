@@ -50,6 +50,24 @@ def test_infer_reproduces_the_runs_final_pass(trained, tmp_path, capsys):
     assert np.allclose(sub.rots, a.rots[[5, 1, 40]], atol=1e-5)
 
 
+def test_infer_search_writes_searched_and_encoder_poses(trained, tmp_path, capsys):
+    s, run = trained
+    rc = main(["infer", str(run), str(s.particles), "--ctf", str(s.ctf), "-o", str(tmp_path / "inf"), "--search",
+               "--search-bins", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "pose search against the decoder" in out and "images/s" in out
+    enc, searched = read_poses(tmp_path / "inf" / "encoder_poses.pkl"), read_poses(tmp_path / "inf" / "poses.pkl")
+    run_poses = read_poses(run / "poses.pkl")
+    assert np.allclose(enc.rots, run_poses.rots, atol=1e-5)  # the encoder's poses, as without --search
+    assert searched.rots.shape == (N, 3, 3) and not np.allclose(searched.rots, enc.rots, atol=1e-3)
+    assert np.allclose(np.einsum("nij,nkj->nik", searched.rots, searched.rots), np.eye(3), atol=1e-4)
+    assert np.abs(searched.trans_frac * D).max() <= 1.5 + 1e-6
+    rc = main(["infer", str(run), str(s.particles), "--ctf", str(s.ctf), "-o", str(tmp_path / "bad"), "--search",
+               "--search-bins", "0"])
+    assert rc == 2 and "--search-bins" in capsys.readouterr().err
+
+
 def test_infer_needs_the_ctf_the_run_used(trained, tmp_path, capsys):
     s, run = trained
     rc = main(["infer", str(run), str(s.particles), "-o", str(tmp_path / "inf")])

@@ -2,7 +2,10 @@
 encoder pass of a trained run, with the mirror decision made by the decoder's loss.
 
 Writes ``DIR/poses.pkl`` (cryoDRGN format, trans = shift / d) and ``DIR/z.pkl``
-((N, k) float32) and prints the throughput in images/s. The images are preprocessed
+((N, k) float32) and prints the throughput in images/s. With ``--search`` the poses come
+from a search against the trained decoder at each particle's inferred z instead
+(:func:`cryofire_nb.train.infer.search_poses`), and the encoder's go to
+``encoder_poses.pkl``. The images are preprocessed
 exactly as in training (same contrast inversion, window and normalisation). For a run
 trained with known poses the pose heads were never trained: only z.pkl is written.
 """
@@ -25,6 +28,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lazy", action="store_true", help="read images from disk on demand")
     p.add_argument("-b", "--batch-size", type=int, default=256, help="batch size (default 256)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--search", action="store_true",
+                   help="poses by search against the trained decoder at each particle's inferred z (global "
+                        "search + local refinement, as the run's pose table) instead of the encoder's pose heads; "
+                        "slower, more accurate. encoder_poses.pkl keeps the encoder's")
+    p.add_argument("--search-bins", type=int, default=8, help="z bins (decoder volumes) for --search (default 8)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
 
 
@@ -32,10 +40,12 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import Latents, Poses, write_latents, write_poses
     from ..train.data import ParticleData
-    from ..train.infer import infer_dataset
+    from ..train.infer import infer_dataset, search_poses
     from ..train.run_model import load_weights
     from ..train.trainer import resolve_device
 
+    if args.search_bins < 1:
+        raise InputError(None, f"--search-bins must be >= 1, got {args.search_bins}", "pass e.g. --search-bins 8")
     if args.batch_size < 1:
         raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}", "pass e.g. -b 256")
     device = resolve_device(args.device)
@@ -56,10 +66,21 @@ def main(args: argparse.Namespace) -> int:
     if spec.known_poses:
         print("note: this run was trained with known poses; its pose heads are untrained, so no poses.pkl")
     else:
-        write_poses(args.outdir / "poses.pkl", Poses.from_shift_px(result.rots, result.shift_px, spec.d))
-        written.insert(0, "poses.pkl")
+        enc = Poses.from_shift_px(result.rots, result.shift_px, spec.d)
         print(f"mirrored path won for {result.mirrored.mean():.1%} of the images")
+        if args.search:
+            write_poses(args.outdir / "encoder_poses.pkl", enc)
+            written.insert(0, "encoder_poses.pkl")
+        else:
+            write_poses(args.outdir / "poses.pkl", enc)
+            written.insert(0, "poses.pkl")
     print(f"inferred {len(result.z)} images in {result.seconds:.2f} s: {result.images_per_s:.0f} images/s "
           f"(device {device}, batch {args.batch_size})")
+    if args.search and not spec.known_poses:
+        rots, shifts, seconds = search_poses(model, data, result.z, args.search_bins, progress=args.progress)
+        write_poses(args.outdir / "poses.pkl", Poses.from_shift_px(rots, shifts, spec.d))
+        written.insert(0, "poses.pkl")
+        print(f"pose search against the decoder: {len(rots)} images in {seconds:.1f} s: "
+              f"{len(rots) / max(seconds, 1e-9):.0f} images/s")
     print(f"wrote {', '.join(str(args.outdir / w) for w in written)}")
     return 0

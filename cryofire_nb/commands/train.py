@@ -60,12 +60,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--march-start", type=float, default=3.0, help="initial loss-disc radius, px (default 3)")
     g = p.add_argument_group("pose initialisation")
     g.add_argument("--init-search", action="store_true",
-                   help="run the voxel pose search first and distil its poses into the encoder")
+                   help="run the voxel pose search first, refine its poses against the conformation-dependent "
+                        "volume and keep them (pose table), distilling them into the encoder")
     g.add_argument("--distill-poses", help="distil these poses (.pkl) into the encoder instead of a search")
     g.add_argument("--distill-images", type=int, help="length of the distillation phase (default 60%% of the plan)")
     g.add_argument("--distill-until", type=float, default=10.0, dest="distill_until_deg",
                    help="end distillation once the encoder is within this median angle of the targets "
                         "(degrees, default 10; 0 disables)")
+    g.add_argument("--no-hetero-refine", dest="hetero_refine", action="store_false",
+                   help="with --init-search / --distill-poses: no heterogeneous refinement and no pose table; "
+                        "distil the targets for --distill-images, then train amortised (the encoder's poses)")
+    g.add_argument("--hetero-at", type=float, default=0.15, dest="hetero_at_fraction",
+                   help="fraction of the planned images after which the pose table is refined (default 0.15)")
+    g.add_argument("--no-hetero-global", dest="hetero_global", action="store_false",
+                   help="pose table: local refinement only, no repeated global search per z bin (small boxes)")
     g = p.add_argument_group("ground truth (metrics logged during training)")
     g.add_argument("--gt-poses", help="true poses (.pkl)")
     conf = g.add_mutually_exclusive_group()
@@ -93,7 +101,9 @@ def config_from_args(args: argparse.Namespace):
         pose_only_images=args.pose_only_images, march_start_px=args.march_start,
         march_images_per_step=args.march_images_per_step, init_search=args.init_search,
         distill_poses=args.distill_poses, distill_images=args.distill_images,
-        distill_until_deg=args.distill_until_deg if args.distill_until_deg > 0 else None, gt_poses=args.gt_poses,
+        distill_until_deg=args.distill_until_deg if args.distill_until_deg > 0 else None,
+        hetero_refine=args.hetero_refine, hetero_at_fraction=args.hetero_at_fraction,
+        hetero_global=args.hetero_global, gt_poses=args.gt_poses,
         gt_conf=args.gt_conf, gt_labels=args.gt_labels, eval_every_images=args.eval_every_images,
         log_every_steps=args.log_every_steps, checkpoint_every_images=args.checkpoint_every_images,
         load=args.load, progress=args.progress,

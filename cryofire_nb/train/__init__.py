@@ -12,17 +12,18 @@
 from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Batch, GroundTruth, ParticleData
-from .infer import Inferred, infer_dataset
+from .infer import Inferred, infer_dataset, search_poses
 from .monitor import EvalEntry, History, LogEntry
 from .outputs import RunOutputs, write_outputs
-from .presets import KNOWN_POSE_CPU, simulated_train_config
+from .presets import ABINIT_CPU, KNOWN_POSE_CPU, simulated_train_config
 from .run_model import CryoFireModel, ModelSpec, load_weights, save_weights
 from .trainer import TrainResult, train
 
 __all__ = [
-    "Batch", "Checkpoint", "CryoFireModel", "EvalEntry", "GroundTruth", "History", "Inferred", "KNOWN_POSE_CPU",
+    "ABINIT_CPU", "Batch", "Checkpoint", "CryoFireModel", "EvalEntry", "GroundTruth", "History", "Inferred", "KNOWN_POSE_CPU",
     "LogEntry",
     "ModelSpec", "ParticleData", "RunOutputs", "TrainConfig", "TrainResult", "TrainState", "infer_dataset",
-    "load_checkpoint", "load_weights", "save_checkpoint", "save_weights", "simulated_train_config", "train",
+    "load_checkpoint", "load_weights", "save_checkpoint", "save_weights", "search_poses", "simulated_train_config",
+    "train",
     "write_outputs",
 ]

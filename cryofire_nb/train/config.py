@@ -12,7 +12,15 @@ epochs. Schedules are counted in images seen:
   every ``march_images_per_step`` images): when None, chosen so that the disc reaches
   d/2 after ``march_end_fraction`` of the planned images. The paper used 100 k images
   per pixel at D = 128; a CPU budget of minutes never gets past 3 px with that;
-* pose distillation (``--init-search`` or ``distill_poses``): at most ``distill_images``,
+* pose table (``--init-search`` or ``distill_poses`` with ``hetero_refine``, the
+  default): after ``hetero_at_fraction`` of the planned images the targets are refined
+  against the conformation-dependent volume (:mod:`cryofire_nb.hetero`, a basis of
+  1 + zdim volumes, z read off each image by least squares), then kept: from there on the
+  decoder trains with the table's poses and z, the encoder is distilled towards both,
+  and the tables are the run's ``poses.pkl`` and ``z.pkl`` (the encoder's own
+  predictions go to ``encoder_poses.pkl`` / ``encoder_z.pkl``); no pose-only phase, full
+  loss disc from the start;
+* otherwise pose distillation (``--no-hetero-refine``): at most ``distill_images``,
   or ``distill_fraction`` of the planned images; it ends earlier at the first logging step
   where the median angle between the encoder's rotations and the targets is below
   ``distill_until_deg``.
@@ -43,7 +51,7 @@ MODEL_FIELDS = ("invert_contrast", "zdim", "variational", "kl_weight", "encoder"
                 "decoder_layers", "pe_dim", "lr", "decoder_lr", "seed", "pose_only_images",
                 "pose_only_fraction", "march_start_px", "march_step_px", "march_images_per_step",
                 "march_end_fraction", "init_search", "distill_poses", "distill_images", "distill_fraction",
-                "distill_until_deg",
+                "distill_until_deg", "hetero_refine", "hetero_at_fraction", "hetero_global", "z_loss_weight",
                 "pose_loss_weight", "shift_loss_weight", "resolved")
 
 
@@ -98,6 +106,14 @@ class TrainConfig:
     distill_fraction: float = 0.6  # the encoder needs many steps to learn poses (measured on the demo)
     distill_until_deg: float | None = 10.0  # end early once the encoder is this close to the targets
     search_time_fraction: float = 0.4  # of the time limit given to run_abinit
+    # pose table (cryofire_nb.hetero): with pose targets, refine them against the
+    # conformation-dependent volume and keep them as the run's poses for the whole run
+    hetero_refine: bool = True
+    hetero_at_fraction: float = 0.15  # of the planned images: z is learnt from the search poses first
+    hetero_time_fraction: float = 0.65  # of the time left when the refinement starts (time budgets)
+    hetero_global: bool = True  # repeat the global search per z bin first (measured: fixes the consensus search's
+    # gross errors on far conformations at d=32; on a 16-px synthetic set it did harm, 6.9 -> 22 deg)
+    z_loss_weight: float = 1.0  # pose table: encoder z regressed onto the latent table
     pose_loss_weight: float = 1.0  # chordal distance ||R - R*||_F^2
     shift_loss_weight: float = 0.1  # shift MSE in px^2
     # ground truth for metrics logged during training
@@ -139,7 +155,8 @@ class TrainConfig:
                 bad(f"--{name.replace('_', '-')} must be >= 1, got {v}", "pass a positive number")
         if self.time_limit_min is not None and not self.time_limit_min > 0:
             bad(f"--time-limit must be > 0 minutes, got {self.time_limit_min}", "pass e.g. --time-limit 5")
-        for name in ("pose_only_fraction", "march_end_fraction", "distill_fraction", "search_time_fraction"):
+        for name in ("pose_only_fraction", "march_end_fraction", "distill_fraction", "search_time_fraction",
+                     "hetero_at_fraction", "hetero_time_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 bad(f"{name} must lie in [0, 1], got {getattr(self, name)}", "pass a fraction")
         if self.gt_conf is not None and self.gt_labels is not None:
@@ -163,6 +180,12 @@ class TrainConfig:
     @property
     def distills(self) -> bool:
         return self.init_search or self.distill_poses is not None
+
+    @property
+    def pose_table(self) -> bool:
+        """Pose targets are refined (:mod:`cryofire_nb.hetero`) and stay the run's poses:
+        the encoder learns z from them and is distilled towards them throughout."""
+        return self.distills and self.hetero_refine
 
     @property
     def outdir_path(self) -> Path:
@@ -192,7 +215,7 @@ class TrainConfig:
         max_r = d / 2
         if self.pose_only_images is not None:
             pose_only = int(self.pose_only_images)
-        elif self.known_poses:
+        elif self.known_poses or self.pose_table:
             pose_only = 0
         else:
             pose_only = int(self.pose_only_fraction * planned_images)
@@ -202,11 +225,15 @@ class TrainConfig:
             n_steps = max(1.0, (max_r - self.march_start_px) / max(self.march_step_px, 1e-9))
             per_step = max(1, int(self.march_end_fraction * planned_images / n_steps))
         distill = 0
-        if self.distills:
+        if self.pose_table:
+            distill = int(planned_images)
+        elif self.distills:
             distill = int(self.distill_images if self.distill_images is not None
                           else self.distill_fraction * planned_images)
         self.resolved = {"planned_images": int(planned_images), "pose_only_images": pose_only,
                          "march_images_per_step": per_step, "distill_images": distill}
+        if self.pose_table:
+            self.resolved["hetero_at_images"] = int(self.hetero_at_fraction * planned_images)
         return self.resolved
 
     # ------------------------------------------------------------------ (de)serialisation

@@ -6,9 +6,11 @@
 2. a known-pose reconstruction (:func:`cryofire_nb.reconstruct.reconstruct` with the true
    poses and CTF) as a sanity anchor: central sections against the true t = 0.5 volume
    and the FSC to it, ``OUT/known_pose_reconstruction.png``;
-3. ab initio training (``cryofire-nb train``) in a small CPU configuration (the released
-   encoder's cheaper widths, a voxel decoder, batch 64, time-limited), or the paper's
-   configuration (paper encoder, hypervolume, batch 128) when cuda is available;
+3. ab initio training (``cryofire-nb train --init-search``): voxel pose search, pose table
+   refined against the conformation-dependent volume, encoder learning z and distilled
+   towards the table; a small CPU configuration (:data:`.presets.ABINIT_CPU`,
+   time-limited), or the paper's configuration (paper encoder, hypervolume, batch 128)
+   when cuda is available;
 4. evaluation against the truth (``cryofire-nb evaluate``), and ``OUT/REPORT.md`` with the
    numbers, timings and figure paths.
 """
@@ -121,10 +123,17 @@ def train_config(s: DemoSettings, data: Path, cuda: bool):
                   gt_poses=str(data / "poses.pkl"), gt_conf=str(data / "conf.pkl"), time_limit_min=minutes,
                   seed=s.seed, device="cuda" if cuda else "cpu", init_search=s.init_search, progress=s.progress,
                   eval_n_images=500, zdim=8, command_line="cryofire-nb demo (internal train call)")
-    if s.init_search:  # the encoder needs ~50 epochs to learn the search's poses: most of the budget
-        common.update(distill_fraction=0.9, search_time_fraction=0.25)
     if cuda:  # the paper's configuration
         return TrainConfig(**common, encoder="paper", decoder="hypervolume", batch_size=128, lr=1e-4)
+    if s.init_search:
+        import math
+
+        from ..io import ImageSource
+        from .presets import ABINIT_CPU
+
+        d = ImageSource(data / "particles.mrcs").d  # the preset's widths are for d = 32: one per halving block
+        widths = [8 * 2 ** i for i in range(max(1, int(math.log2(d)) - 1))]
+        return TrainConfig(**{**common, **ABINIT_CPU, "encoder_channels": widths})
     return TrainConfig(**common, encoder="released", encoder_hidden=128, decoder="voxel", batch_size=64, lr=1e-3)
 
 
@@ -147,7 +156,9 @@ def write_report(s: DemoSettings, anchor: dict, train_result, evaluation, cfg) -
         "## Ab initio training", "",
         f"Settings: encoder `{cfg.encoder}`, decoder `{cfg.decoder}`, zdim {cfg.zdim}, batch {cfg.batch_size}, "
         f"lr {cfg.lr}, time limit {cfg.time_limit_min} min, device {cfg.device}"
-        + (", poses distilled from the voxel search (--init-search)" if cfg.init_search else "") + ".",
+        + (", poses from the voxel search refined against the conformation-dependent volume (pose table, "
+           "--init-search)" if cfg.pose_table else ", poses distilled from the voxel search (--init-search)"
+           if cfg.init_search else "") + ".",
         f"{train_result.state.step} steps, {train_result.state.images_seen} images at "
         f"{train_result.train_images_per_s:.0f} images/s; stopped by {train_result.stopped_by}. "
         "Curve: `train/training_curve.png`.", "",
@@ -164,16 +175,24 @@ def write_report(s: DemoSettings, anchor: dict, train_result, evaluation, cfg) -
 
         p, g = read_poses(search), read_poses(s.out / "data" / "poses.pkl")
         ms = evaluate_run(p.rots, p.trans_frac, g.rots, g.trans_frac, m.image_size_px)
-        lines.append(f"- for comparison, the voxel search's own poses (`train/init_search_poses.pkl`): median view "
-                     f"error {ms.rotations.view.median_deg:.1f} deg, median translation error "
+        lines.append(f"- for comparison, the consensus voxel search's poses (`train/init_search_poses.pkl`): median "
+                     f"view error {ms.rotations.view.median_deg:.1f} deg, median translation error "
                      f"{_fmt(None if ms.translations is None else ms.translations.median_px)} px")
+        enc = s.out / "train" / "encoder_poses.pkl"
+        if enc.is_file():
+            p = read_poses(enc)
+            me = evaluate_run(p.rots, p.trans_frac, g.rots, g.trans_frac, m.image_size_px)
+            lines.append(f"- the encoder's own poses (`train/encoder_poses.pkl`, what `infer` gives new particles "
+                         f"without --search): median view error {me.rotations.view.median_deg:.1f} deg, median "
+                         f"translation error {_fmt(None if me.translations is None else me.translations.median_px)} px")
     for sv, name in zip(m.volumes or [], evaluation_names(evaluation)):
         lines.append(f"- {name}: correlation {sv.correlation:.3f}, FSC AUC {sv.fsc.auc:.3f}")
     lines += ["", "Figures: " + ", ".join(f"`eval/{p.name}`" for p in evaluation.figures), "",
               "Reading: the amortised recipe alone is known to collapse its view directions onto a great circle "
               "within CPU-sized budgets (see the view spread in the training curve); a median view error "
-              "near 90 deg means the poses are no better than random. With --init-search the encoder is first "
-              "trained on the voxel search's poses.", ""]
+              "near 90 deg means the poses are no better than random. With --init-search the run's poses are the "
+              "voxel search's, refined against the volume of each particle's conformation (poses.pkl); the "
+              "encoder learns z with them and is trained to reproduce them (encoder_poses.pkl).", ""]
     path = s.out / "REPORT.md"
     path.write_text("\n".join(lines))
     return path

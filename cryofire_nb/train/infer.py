@@ -94,3 +94,36 @@ def infer_dataset(model: CryoFireModel, data: ParticleData, batch_size: int = 25
 
     return Inferred(cat(rots).astype(np.float32), cat(shifts).astype(np.float32), cat(zs).astype(np.float32),
                     cat(mirrored).astype(bool), cat(losses).astype(np.float32), seconds)
+
+
+@torch.no_grad()
+def search_poses(model: CryoFireModel, data: ParticleData, z: np.ndarray, n_bins: int = 8,
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Poses of ``data``'s particles by search against the trained decoder instead of the
+    encoder: the particles are grouped in ``n_bins`` equal-count bins of PC1 of their
+    inferred ``z`` (N, k), the decoder's volume at each bin's mean z is rendered, and
+    every particle is searched globally and refined locally against its bin's volume
+    (:func:`cryofire_nb.hetero.search_volumes`). Slower than the encoder pass, and as
+    accurate as the run's refined pose table. Returns rotations (N, 3, 3), shifts (N, 2)
+    in pixels and the seconds it took."""
+    from ..hartley_data import HartleyData
+    from ..hetero import HeteroRefineConfig, pc1_bins, pc_map, search_volumes
+    from ..search import real_to_hartley_volume
+
+    start = time.perf_counter()
+    spec = model.spec
+    device = data.lattice.coords.device
+    hd = HartleyData.from_images(data, data.ctf_table, invert=spec.preprocess_config.invert_contrast, device=device)
+    z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
+    coef = pc_map(z, 1).coefficients(z)
+    assign = pc1_bins(coef, n_bins if z.shape[1] else 1)
+    scale = float(spec.norm.std) / hd.norm_std  # decoder (model units) -> hd units
+    vols = []
+    for b in range(int(assign.max()) + 1):
+        members = (assign == b).numpy()
+        zb = None
+        if spec.zdim > 0 and members.any():
+            zb = torch.as_tensor(z[members].mean(0), dtype=torch.float32, device=device)
+        vols.append(real_to_hartley_volume(model.decoder.eval_volume(zb).float()) * scale)
+    rots, shifts = search_volumes(hd, torch.stack(vols), assign, HeteroRefineConfig(), progress=progress)
+    return (rots.float().cpu().numpy(), shifts.float().cpu().numpy(), time.perf_counter() - start)

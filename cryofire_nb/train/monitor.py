@@ -60,6 +60,7 @@ class History:
     train: list[dict] = field(default_factory=list)
     eval: list[dict] = field(default_factory=list)
     final: dict | None = None  # metrics of the final poses (all particles) when truth is given
+    events: list[dict] = field(default_factory=list)  # e.g. the heterogeneous pose refinement
 
     def log(self, entry: LogEntry) -> None:
         self.train.append(_finite(asdict(entry)))
@@ -68,11 +69,12 @@ class History:
         self.eval.append(_finite(asdict(entry)))
 
     def to_dict(self) -> dict:
-        return {"train": self.train, "eval": self.eval, "final": self.final}
+        return {"train": self.train, "eval": self.eval, "final": self.final, "events": self.events}
 
     @classmethod
     def from_dict(cls, data: dict) -> "History":
-        return cls(list(data.get("train", [])), list(data.get("eval", [])), data.get("final"))
+        return cls(list(data.get("train", [])), list(data.get("eval", [])), data.get("final"),
+                   list(data.get("events", [])))
 
     def write(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:

@@ -25,6 +25,16 @@ KNOWN_POSE_CPU = dict(encoder="released", encoder_channels=[8, 16, 32, 64], enco
                       decoder="voxel", zdim=2, batch_size=16, lr=1e-3, decoder_lr=3e-2)
 
 
+#: Ab initio CPU configuration (``--init-search``): the same small encoder and voxel basis
+#: decoder. The poses come from the voxel search refined against the conformation-
+#: dependent volume (the pose table, :mod:`cryofire_nb.hetero`), so the encoder mainly has
+#: to learn z, which this model does within a few tens of thousands of images; its pose
+#: heads are distilled towards the table at the same time. On the command line:
+#: ``--init-search --encoder released --encoder-channels 8 16 32 64 --encoder-hidden 128
+#: --decoder voxel --zdim 2 -b 16 --lr 1e-3 --decoder-lr 3e-2``.
+ABINIT_CPU = dict(KNOWN_POSE_CPU, init_search=True)
+
+
 def simulated_train_config(data_dir: str | Path, outdir: str | Path, *, known_poses: bool = True,
                            truth: bool = True, preset: dict | None = None, **overrides) -> TrainConfig:
     """A :class:`TrainConfig` for the simulated data set in ``data_dir``.

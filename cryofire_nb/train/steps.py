@@ -10,7 +10,8 @@
 * distillation (``--init-search``): the reconstruction uses the target poses while the
   encoder's pose heads are pulled towards them, on both paths (the mirrored image's
   target is ``mirror_pose`` of the original's): squared chordal distance
-  ``||R - R*||_F^2`` (min over hypotheses) plus the shift MSE in pixels^2.
+  ``||R - R*||_F^2`` (min over hypotheses) plus the shift MSE in pixels^2; with a latent
+  table the decoder uses the table's z and the encoder's z is regressed onto it.
 
 During the pose-only phase the decoder sees Gaussian noise instead of z. With a
 variational encoder, the KL term ``-0.5 sum(1 + logvar - mu^2 - exp(logvar))`` (>= 0)
@@ -122,16 +123,23 @@ def known_pose_step(model: CryoFireModel, batch: Batch, rots: Tensor, shift_px: 
 
 def distill_step(model: CryoFireModel, batch: Batch, target: PoseTargets, lattice: Lattice, mask: Tensor,
                  images_seen: int, pose_only: PoseOnlyPhase, kl_weight: float, pose_weight: float,
-                 shift_weight: float, generator: torch.Generator | None) -> StepResult:
+                 shift_weight: float, generator: torch.Generator | None, z_target: Tensor | None = None,
+                 z_weight: float = 1.0) -> StepResult:
+    """With ``z_target`` (b, k) (the run's latent table) the decoder sees the table's z and
+    the encoder's z is pulled towards it (squared error, on both paths: a mirror image
+    shows the same conformation)."""
     out, outm = encode_both(model, batch.real)
     z = sample_z(out.z_mu, out.z_logvar, generator)
-    zd = pose_only.decoder_z(z, images_seen, generator)
+    zd = pose_only.decoder_z(z, images_seen, generator) if z_target is None else z_target
     sl = slice_loss(model.decoder, target.rots, target.shift_px, zd, batch.hartley, batch.ctf, lattice, mask)
     recon = sl.per_image.mean()
     rm, tm = mirror_pose(target.rots, target.shift_px)
     c1, s1 = pose_distance(out.rots, out.shift_px, target, shift_weight)
     c2, s2 = pose_distance(outm.rots, outm.shift_px, PoseTargets(rm, tm), shift_weight)
     pose_loss = 0.5 * (pose_weight * (c1 + c2) + s1 + s2).mean()
+    if z_target is not None:
+        pose_loss = pose_loss + 0.5 * z_weight * ((out.z_mu - z_target).square().sum(-1)
+                                                  + (outm.z_mu - z_target).square().sum(-1)).mean()
     kl = _kl([out, outm])
     loss = recon + pose_loss + (kl_weight * kl if kl is not None else 0.0)
     no_mirror = torch.zeros(target.rots.shape[0], dtype=torch.bool, device=target.rots.device)

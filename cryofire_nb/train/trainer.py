@@ -20,6 +20,7 @@ Dimension letters: N particles, b batch, d box.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import time
@@ -30,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..io import Poses, write_poses
+from ..io import Latents, Poses, write_latents, write_poses
 from ..metrics import RunMetrics
 from ..model.decoder import HyperVolumeConfig, VoxelVolumeConfig
 from ..model.encoder import EncoderConfig
@@ -110,8 +111,11 @@ class Trainer:
         self.targets = None
         if cfg.distill_poses is not None:
             self.targets = self.data.read_poses_for(cfg.distill_poses)
+        self.z_table = None  # (N, zdim) latent table of a pose-table run, after the refinement
         if self.ckpt is not None and self.ckpt.targets is not None:
-            self.targets = tuple(np.asarray(t, dtype=np.float32) for t in self.ckpt.targets)
+            saved = tuple(np.asarray(t, dtype=np.float32) for t in self.ckpt.targets)
+            self.targets = saved[:2]
+            self.z_table = saved[2] if len(saved) > 2 else None
         if cfg.init_search and self.targets is None:
             try:
                 from .. import abinit  # noqa: F401  (lazy: the search front end may be absent)
@@ -127,6 +131,7 @@ class Trainer:
         self.n, self.d = n, d
         self._distill_ended_at: int | None = None
         self._target_err = None
+        self._hd = None  # Hartley copy of the data for the search / refinement (built once)
 
     # ------------------------------------------------------------------ set-up
 
@@ -172,17 +177,17 @@ class Trainer:
 
     def _set_schedules(self) -> None:
         r = self.cfg.resolved
+        start_px = self.d / 2 if self.cfg.pose_table else self.cfg.march_start_px  # poses given: no marching
         if r:
             self.pose_only = PoseOnlyPhase(r["pose_only_images"])
-            self.marching = FrequencyMarching(self.d, self.cfg.march_start_px, self.cfg.march_step_px,
-                                              r["march_images_per_step"])
+            self.marching = FrequencyMarching(self.d, start_px, self.cfg.march_step_px, r["march_images_per_step"])
             self.distill_images = r["distill_images"]
             if self._distill_ended_at is not None:  # ended early before a time-only budget was resolved
                 self.distill_images = r["distill_images"] = min(r["distill_images"], self._distill_ended_at)
             planned = r["planned_images"]
         else:  # time-only budget: placeholders until the throughput probe
-            self.pose_only = PoseOnlyPhase(0 if self.cfg.known_poses else NEVER)
-            self.marching = FrequencyMarching(self.d, self.cfg.march_start_px, self.cfg.march_step_px, NEVER)
+            self.pose_only = PoseOnlyPhase(0 if self.cfg.known_poses or self.cfg.pose_table else NEVER)
+            self.marching = FrequencyMarching(self.d, start_px, self.cfg.march_step_px, NEVER)
             self.distill_images = NEVER
             planned = None
         ev = self.cfg.eval_every_images
@@ -190,15 +195,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ init search
 
-    def _init_search(self, time_limit_s: float | None) -> None:
-        from ..abinit import AbinitConfig, run_abinit
+    def _hartley_data(self):
         from ..hartley_data import HartleyData
 
+        if self._hd is None:
+            self._hd = HartleyData.from_images(self.data, self.data.ctf_table, invert=self.cfg.invert_contrast,
+                                               device=self.device)
+        return self._hd
+
+    def _init_search(self, time_limit_s: float | None) -> None:
+        from ..abinit import AbinitConfig, run_abinit
+
         print("init search: voxel pose search (cryofire_nb.abinit) ...", flush=True)
-        hd = HartleyData.from_images(self.data, self.data.ctf_table, invert=self.cfg.invert_contrast,
-                                     device=self.device)
-        fields = getattr(AbinitConfig, "__dataclass_fields__", {})
-        acfg = AbinitConfig(seed=self.cfg.seed) if "seed" in fields else AbinitConfig()
+        hd = self._hartley_data()
+        # with the heterogeneous refinement to follow, the consensus refinement rounds are skipped
+        acfg = AbinitConfig(seed=self.cfg.seed, refine_rounds=0) if self.cfg.pose_table else AbinitConfig(seed=self.cfg.seed)
         res = run_abinit(hd, acfg, time_limit_s=time_limit_s, progress=self.cfg.progress)
         rots = torch.as_tensor(res.rots).float().cpu().numpy()
         shifts = torch.as_tensor(res.shifts_px).float().cpu().numpy()
@@ -216,6 +227,8 @@ class Trainer:
     def _checkpoint(self) -> None:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         targets = None if self.targets is None else (self.targets[0], self.targets[1])
+        if targets is not None and self.z_table is not None:
+            targets = (*targets, self.z_table)
         save_checkpoint(self.outdir / "checkpoint.pt", Checkpoint(
             self.cfg.to_dict(), self.spec.to_dict(), self.model.state_dict(), self.opt.state_dict(), self.state,
             self.gen.get_state(), torch.get_rng_state(), cuda, self.history.to_dict(), targets))
@@ -250,11 +263,13 @@ class Trainer:
                 res = known_pose_step(self.model, batch, kr, ks, self.lattice, mask, st.images_seen, self.pose_only,
                                       cfg.resolved_kl_weight(), self.gen)
                 phase = "known_poses"
-            elif self.targets is not None and st.images_seen < self.distill_images:
+            elif self.targets is not None and (cfg.pose_table or st.images_seen < self.distill_images):
                 tgt = PoseTargets(torch.as_tensor(self.targets[0][pos], device=self.device),
                                   torch.as_tensor(self.targets[1][pos], device=self.device))
+                zt = None if self.z_table is None else torch.as_tensor(self.z_table[pos], device=self.device)
                 res = distill_step(self.model, batch, tgt, self.lattice, mask, st.images_seen, self.pose_only,
-                                   cfg.resolved_kl_weight(), cfg.pose_loss_weight, cfg.shift_loss_weight, self.gen)
+                                   cfg.resolved_kl_weight(), cfg.pose_loss_weight, cfg.shift_loss_weight, self.gen,
+                                   z_target=zt, z_weight=cfg.z_loss_weight)
                 phase = "distill"
                 self._target_err = geodesic_distance_deg(res.rots.float(), tgt.rots.float()).detach().cpu()
             else:
@@ -285,14 +300,28 @@ class Trainer:
         radius = self.marching.radius_px(st.images_seen)
         self.spec.final_radius_px = float(radius)
         self.spec.images_seen = int(st.images_seen)
+        table = self.targets if cfg.pose_table else None  # the refined pose table is the run's poses
+        known = self.known if table is None else table
         inferred = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), radius_px=radius,
-                                 known=self.known, pose_only_active=self.pose_only.active(st.images_seen),
+                                 known=known, pose_only_active=self.pose_only.active(st.images_seen),
                                  amp=self.amp, progress=cfg.progress)
+        encoder = None
+        if table is not None:  # the encoder's own (amortised) poses, as `infer` would give on new particles
+            encoder = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), radius_px=radius,
+                                    amp=self.amp, progress=cfg.progress)
+            if self.z_table is not None:
+                inferred = dataclasses.replace(inferred, z=self.z_table.copy())
         final = None
         if self.gt is not None:
             final = gt_metrics(inferred.rots, inferred.shift_px, inferred.z, self.gt, np.arange(self.n), self.d)
             self.history.final = {**final.to_dict(), "summary": final.summary_lines()}
+            if encoder is not None:
+                enc = gt_metrics(encoder.rots, encoder.shift_px, encoder.z, self.gt, np.arange(self.n), self.d)
+                self.history.final["encoder"] = {**enc.to_dict(), "summary": enc.summary_lines()}
         outputs = write_outputs(self.outdir, cfg, self.model, inferred, self.history, self._config_extra())
+        if encoder is not None:
+            write_poses(self.outdir / "encoder_poses.pkl", Poses.from_shift_px(encoder.rots, encoder.shift_px, self.d))
+            write_latents(self.outdir / "encoder_z.pkl", Latents(encoder.z.reshape(len(encoder.z), -1)))
         self._checkpoint()
         rate = st.images_seen / max(st.train_seconds, 1e-9)
         return TrainResult(outputs, st, self.history, stopped_by, rate, final)
@@ -369,6 +398,11 @@ class Trainer:
                 entry = self._log(acc, time.perf_counter() - self.t0)
                 bar.set_postfix(loss=f"{entry.recon:.4g}", r=f"{entry.radius_px:.0f}", phase=phase[:4])
                 self._maybe_end_distillation(entry)
+            if cfg.pose_table and self.targets is not None and not cfg.resolved.get("hetero_done") \
+                    and "hetero_at_images" in cfg.resolved and st.images_seen >= cfg.resolved["hetero_at_images"]:
+                self._hetero(limit_s)
+                if next_eval is not None:
+                    next_eval = st.images_seen  # evaluate the refined poses at the next step
             ck_imgs = cfg.checkpoint_every_images
             if (ck_imgs is not None and st.images_seen - last_ckpt_images >= ck_imgs) or \
                     (time.perf_counter() - last_ckpt_t) / 60 >= cfg.checkpoint_every_minutes:
@@ -384,11 +418,64 @@ class Trainer:
             cfg.resolve_schedules(self.d, max(st.images_seen, 1))
         return stopped_by
 
+    def _hetero(self, limit_s: float | None) -> None:
+        """Refine the pose targets against the conformation-dependent volume built from
+        the encoder's current z (:func:`cryofire_nb.hetero.hetero_refine`); the voxel
+        decoder is re-seeded with the fitted basis."""
+        from ..hetero import HeteroRefineConfig, hetero_refine
+
+        cfg, st = self.cfg, self.state
+        t_start = time.perf_counter()
+        inf = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), known=self.targets,
+                            amp=self.amp)
+        budget = None
+        if limit_s is not None:
+            budget = cfg.hetero_time_fraction * max(limit_s - (t_start - self.t0), 0.0)
+        before = None
+        if self.gt is not None:
+            before = gt_metrics(self.targets[0], self.targets[1], inf.z, self.gt, np.arange(self.n), self.d)
+        print(f"heterogeneous refinement of the pose targets at {st.images_seen} images"
+              + (f" (budget {budget / 60:.1f} min)" if budget is not None else ""), flush=True)
+        hd = self._hartley_data()
+        res = hetero_refine(hd, torch.as_tensor(self.targets[0]), torch.as_tensor(self.targets[1]), inf.z,
+                            HeteroRefineConfig(n_components=cfg.zdim, global_search=cfg.hetero_global, seed=cfg.seed),
+                            progress=cfg.progress, time_limit_s=budget)
+        self.targets = (res.rots.float().cpu().numpy(), res.shifts_px.float().cpu().numpy())
+        if cfg.zdim > 0:  # the latent table: z of each particle read off its image through the basis
+            self.z_table = res.coefficients[:, 1:].float().cpu().numpy()
+        grids = getattr(self.model.decoder, "grids", None)
+        if grids is not None and tuple(res.basis.shape) == tuple(grids.shape):  # voxel decoder = the basis
+            with torch.no_grad():
+                grids.copy_(res.basis.to(grids) * (hd.norm_std / self.data.normalization.std))
+            self.opt.state.pop(grids, None)  # Adam's moments belong to the old grids
+        cfg.resolved["hetero_done"] = True
+        seconds = time.perf_counter() - t_start
+        event = {"images_seen": int(st.images_seen), "seconds": round(seconds, 1),
+                 "stages": res.history, "config": res.config}
+        if before is not None:
+            after = gt_metrics(self.targets[0], self.targets[1], inf.z if self.z_table is None else self.z_table,
+                               self.gt, np.arange(self.n), self.d)
+            vb, va = before.rotations.view.median_deg, after.rotations.view.median_deg
+            event["view_error_median_deg"] = [vb, va]
+            line = f"heterogeneous refinement: median view error {vb:.2f} -> {va:.2f} deg"
+            cb, ca = before.conformation, after.conformation
+            if cb is not None and ca is not None and cb.spearman_pc1_conf is not None:
+                event["spearman_pc1"] = [cb.spearman_pc1_conf, ca.spearman_pc1_conf]
+                line += f"; |Spearman(PC1, truth)| {abs(cb.spearman_pc1_conf):.3f} -> {abs(ca.spearman_pc1_conf):.3f}"
+            if cb is not None and ca is not None and cb.confusion is not None:
+                event["confusion_error"] = [cb.confusion.error_fraction, ca.confusion.error_fraction]
+                line += f"; confusion {cb.confusion.error_fraction:.3f} -> {ca.confusion.error_fraction:.3f}"
+            print(line, flush=True)
+        self.history.events.append(event)
+        print(f"heterogeneous refinement done in {seconds:.0f} s", flush=True)
+        self.model.train()
+        self._checkpoint()
+
     def _maybe_end_distillation(self, entry: LogEntry) -> None:
         """End the distillation once the encoder reproduces the targets (recorded in the
         resolved schedule, so a resumed run agrees)."""
         until = self.cfg.distill_until_deg
-        if entry.phase != "distill" or until is None or entry.target_error_deg is None:
+        if entry.phase != "distill" or until is None or entry.target_error_deg is None or self.cfg.pose_table:
             return
         if entry.target_error_deg < until and self.state.images_seen < self.distill_images:
             self.distill_images = self._distill_ended_at = self.state.images_seen
