@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .hartley_data import HartleyData
 from .rotations import random_rotations, so3_grid
 from .search import (Accumulator, global_search, hartley_volume_to_real, local_search,
-                     perturbation_grid, real_to_hartley_volume, shift_grid)
+                     perturbation_grid, real_to_hartley_volume, shift_grid, spherical_support)
 
 Tensor = torch.Tensor
 
@@ -107,9 +107,7 @@ class _VolumeModel:
 
     def __init__(self, d: int, cfg: AbinitConfig, dtype, device):
         self.acc = Accumulator.zeros(d, dtype=dtype, device=device)
-        r = torch.arange(d, dtype=dtype, device=device) - d // 2
-        zz, yy, xx = torch.meshgrid(r, r, r, indexing="ij")
-        self.support = ((xx ** 2 + yy ** 2 + zz ** 2).sqrt() <= cfg.support_radius * d).to(dtype)
+        self.support = spherical_support(d, cfg.support_radius, dtype, device)
         self.cfg = cfg
 
     def volume(self) -> Tensor:

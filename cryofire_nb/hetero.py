@@ -47,7 +47,8 @@ from .lattice import Lattice
 from .projection import _corners
 from .rotations import so3_grid
 from .search import (SearchResult, global_search, hartley_volume_to_real, perturbation_grid,
-                     real_to_hartley_volume, shift_grid, shifted_images, slice_positions)
+                     real_to_hartley_volume, shift_grid, shifted_images, slice_positions,
+                     spherical_support)
 
 Tensor = torch.Tensor
 
@@ -103,16 +104,6 @@ class PCMap:
         ones = torch.ones(z.shape[0], 1, dtype=torch.float64)
         return torch.cat([ones, (z - self.mean) @ self.w], 1).float()
 
-    def z_basis(self, basis: Tensor) -> Tensor:
-        """Basis (1 + q, ...) in coefficient space -> (1 + k, ...) with
-        ``V(z) = out[0] + sum_k z_k out[1 + k]`` (the voxel decoder's form)."""
-        w = self.w.to(basis)
-        mean = self.mean.to(basis)
-        flat = basis.reshape(basis.shape[0], -1)
-        u = w @ flat[1:]  # (k, M)
-        v0 = flat[0] - mean @ u
-        return torch.cat([v0[None], u], 0).reshape(1 + w.shape[0], *basis.shape[1:])
-
 
 def pc_map(z, n_components: int) -> PCMap:
     """The first q principal components of ``z`` (N, k), all scores scaled by one factor
@@ -134,12 +125,6 @@ def pc_map(z, n_components: int) -> PCMap:
     if ((zc @ w[:, 0]) * zc[:, 0]).sum() < 0:
         w[:, 0] = -w[:, 0]
     return PCMap(mean, w)
-
-
-def pc_coefficients(z, n_components: int) -> Tensor:
-    """(N, 1 + q): a column of ones and the first q principal-component scores of ``z``
-    (N, k), PC1 at unit variance (:func:`pc_map`). With q = 0 or k = 0 only the ones column."""
-    return pc_map(z, n_components).coefficients(z)
 
 
 class BasisAccumulator:
@@ -218,12 +203,6 @@ def local_search_basis(x: Tensor, ctf: Tensor, basis: Tensor, coef: Tensor, lat:
                         torch.ones(b, 1, dtype=x.dtype, device=x.device), e)
 
 
-def _support(d: int, radius: float, dtype, device) -> Tensor:
-    r = torch.arange(d, dtype=dtype, device=device) - d // 2
-    zz, yy, xx = torch.meshgrid(r, r, r, indexing="ij")
-    return ((xx ** 2 + yy ** 2 + zz ** 2).sqrt() <= radius * d).to(dtype)
-
-
 def fit_basis(data: HartleyData, rots: Tensor, shifts_px: Tensor, coef: Tensor, members: Tensor,
               cfg: HeteroRefineConfig, radius_px: float | None = None) -> Tensor:
     """Basis volumes (K, m, m, m) from the particles ``members`` (indices) at their poses."""
@@ -233,7 +212,7 @@ def fit_basis(data: HartleyData, rots: Tensor, shifts_px: Tensor, coef: Tensor, 
     for i in range(0, len(members), cfg.batch_size):
         sl = members[i:i + cfg.batch_size]
         acc.add(data.x[sl], data.ctf[sl], lat, index, rots[sl], shifts_px[sl], coef[sl])
-    return acc.solve(cfg.reg_fraction, _support(d, cfg.support_radius, data.x.dtype, data.x.device))
+    return acc.solve(cfg.reg_fraction, spherical_support(d, cfg.support_radius, data.x.dtype, data.x.device))
 
 
 def pc1_bins(coef: Tensor, n_bins: int) -> Tensor:

@@ -49,6 +49,13 @@ def real_to_hartley_volume(vol: Tensor) -> Tensor:
     return torch.cat([h, h[:, :, :1]], 2)
 
 
+def spherical_support(d: int, radius: float, dtype=torch.float32, device=None) -> Tensor:
+    """Real-space mask (d, d, d): 1 within ``radius * d`` voxels of the box centre, else 0."""
+    r = torch.arange(d, dtype=dtype, device=device) - d // 2
+    zz, yy, xx = torch.meshgrid(r, r, r, indexing="ij")
+    return ((xx ** 2 + yy ** 2 + zz ** 2).sqrt() <= radius * d).to(dtype)
+
+
 def slice_positions(lat: Lattice, rots: Tensor, index: Tensor) -> Tensor:
     """Voxel positions (r, n, 3) as (x, y, z) in the (d+1)^3 Hartley grid of the slice points."""
     return lat.slice_coords(rots, index) * lat.d + lat.d / 2
