@@ -82,6 +82,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "data_demo" / "adk_continuous_d32.yaml"
 OURS = REPO / ".venv" / "bin" / "cryofire-nb"
 CRYODRGN = REPO / ".venv-cryodrgn" / "bin" / "cryodrgn"
+# The commands that run each program (--ours-cmd / --cryodrgn-cmd replace them, e.g. on a GPU
+# machine whose own Python holds CUDA torch: "python3 -m cryofire_nb").
+COMMANDS = {"ours": [str(OURS)], "cryodrgn": [str(CRYODRGN)]}
 CRYODRGN_TOOLS = ("abinit", "abinit_het_old", "train_vae")
 ALL_TOOLS = ("ours", "ours_search", *CRYODRGN_TOOLS)
 LABELS = {"ours": "cryofire-nb train", "ours_search": "cryofire-nb train --init-search",
@@ -90,6 +93,10 @@ LABELS = {"ours": "cryofire-nb train", "ours_search": "cryofire-nb train --init-
 # Demo CPU configuration (cryofire_nb/train/demo.py, train_config without cuda).
 OURS_TRAIN_FLAGS = ["--encoder", "released", "--encoder-hidden", "128", "--decoder", "voxel",
                     "-b", "64", "--lr", "1e-3", "--zdim", "8"]
+# Demo GPU configuration (train_config with cuda): the paper's encoder and hypervolume
+# decoder, bf16 autocast (the default on cuda).
+OURS_TRAIN_FLAGS_GPU = ["--encoder", "paper", "--decoder", "hypervolume", "-b", "128", "--lr", "1e-4",
+                        "--zdim", "8", "--device", "cuda"]
 ZDIM = 8
 # Planning rates, images/s at D = 32 on the 2-core development machine (measured with its
 # other load, load average ~7): they only size epochs and pretraining; runs stop at the
@@ -98,6 +105,15 @@ PLAN_RATES = {
     "abinit": {"pretrain": 18.0, "pose_search": 0.08, "sgd": 18.0},
     "abinit_het_old": {"pretrain": 27.0, "pose_search": 0.15, "train": 20.0},
     "train_vae": {"train": 5.5},
+}
+# On a GPU (--device cuda): images/s at D = 64, scaled by (64 / D)^2. abinit's pose search
+# and train_vae: the issue's H200 figures (< 70 and about 1,300 img/s); abinit's pretraining:
+# 126 img/s measured at D = 128 on an H200 here, scaled; the rest are guesses of the same
+# order. Only the sizing depends on them.
+PLAN_RATES_GPU = {
+    "abinit": {"pretrain": 500.0, "pose_search": 70.0, "sgd": 1300.0},
+    "abinit_het_old": {"pretrain": 1300.0, "pose_search": 50.0, "train": 1300.0},
+    "train_vae": {"train": 1300.0},
 }
 STARTUP_S = 15.0  # imports, data loading, model construction
 # Epochs are planned for HEADROOM times the budget: a less loaded machine runs faster than
@@ -418,18 +434,21 @@ def score_outputs(poses_file, z_file, truth: dict, ind: np.ndarray | None,
 # --------------------------------------------------------------------------- data
 
 
-def ensure_data(folder: Path, n: int, seed: int | None = None) -> Path:
-    """Simulate (once) ``n`` particles from the benchmark config into ``folder``."""
+def ensure_data(folder: Path, n: int, seed: int | None = None, box: int | None = None) -> Path:
+    """Simulate (once) ``n`` particles from the benchmark config into ``folder`` (at
+    ``box`` px with the same physical box, when given)."""
     info = folder / "sim_info.yaml"
     if (folder / "particles.mrcs").is_file() and info.is_file() and (folder / "conf.pkl").is_file():
         import yaml
 
         have = yaml.safe_load(info.read_text()) or {}
-        if int(have.get("n_particles", -1)) == n:
+        if int(have.get("n_particles", -1)) == n and (box is None or image_size(folder) == box):
             return folder
-    cmd = [OURS, "simulate", CONFIG, "-o", folder, "--n-particles", str(n), "--overwrite"]
+    cmd = [*COMMANDS["ours"], "simulate", CONFIG, "-o", folder, "--n-particles", str(n), "--overwrite"]
     if seed is not None:
         cmd += ["--seed", str(seed)]
+    if box is not None:
+        cmd += ["--box", str(box)]
     print("$", shlex.join(str(c) for c in cmd), flush=True)
     subprocess.run([str(c) for c in cmd], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return folder
@@ -452,12 +471,14 @@ def image_size(folder: Path) -> int:
 # --------------------------------------------------------------------------- plans
 
 
-def plan_cryodrgn(tool: str, n: int, budget_s: float, d: int) -> tuple[list[str], dict]:
+def plan_cryodrgn(tool: str, n: int, budget_s: float, d: int, device: str = "cpu") -> tuple[list[str], dict]:
     """Flags sizing ``tool``'s schedule to the budget, and the plan that produced them."""
-    scale = (32.0 / d) ** 2
-    r = {k: v * scale for k, v in PLAN_RATES[tool].items()}
+    rates, d_ref = (PLAN_RATES_GPU, 64.0) if device == "cuda" else (PLAN_RATES, 32.0)
+    scale = (d_ref / d) ** 2
+    r = {k: v * scale for k, v in rates[tool].items()}
     avail = max(budget_s - STARTUP_S, 1.0)
     plan: dict = {"planning_rates_img_per_s": r, "budget_s": budget_s}
+    log = ["--log-interval", "256" if device == "cuda" else "16"]  # a line per few seconds at most
     if tool == "abinit":
         n_pre = int(min(10000, n, max(BATCH[tool]["pretrain"], 0.2 * avail * r["pretrain"])))
         left = HEADROOM * avail - n_pre / r["pretrain"]
@@ -468,7 +489,7 @@ def plan_cryodrgn(tool: str, n: int, budget_s: float, d: int) -> tuple[list[str]
         plan.update(n_imgs_pretrain=n_pre, epochs_pose_search=n_hps, epochs_sgd=n_sgd,
                     planned_pose_search_epoch_s=t_hps)
         flags = ["--n-imgs-pretrain", str(n_pre), "-n", str(n_hps + n_sgd), "--epochs-pose-search", str(n_hps),
-                 "--checkpoint", "1", "--log-interval", "16", "--num-workers", "0"]
+                 "--checkpoint", "1", *log] + (["--num-workers", "0"] if device == "cpu" else [])
         plan["epochs_pose_search"] = n_hps
     elif tool == "abinit_het_old":
         n_pre = int(min(10000, n, max(BATCH[tool]["pretrain"], 0.2 * avail * r["pretrain"])))
@@ -481,11 +502,11 @@ def plan_cryodrgn(tool: str, n: int, budget_s: float, d: int) -> tuple[list[str]
             left -= cost
             epochs += 1
         plan.update(pretrain_images=n_pre, epochs=epochs, planned_pose_search_epoch_s=n / r["pose_search"])
-        flags = ["--pretrain", str(n_pre), "-n", str(epochs), "--checkpoint", "1", "--log-interval", "16"]
+        flags = ["--pretrain", str(n_pre), "-n", str(epochs), "--checkpoint", "1", *log]
     else:  # train_vae
         epochs = int(min(20, max(1, HEADROOM * avail // (1.15 * n / r["train"]))))
         plan.update(epochs=epochs, planned_epoch_s=n / r["train"])
-        flags = ["-n", str(epochs), "--checkpoint", "1", "--log-interval", "16"]
+        flags = ["-n", str(epochs), "--checkpoint", "1", *log]
     return flags, plan
 
 
@@ -501,16 +522,17 @@ def per_cpu_s(rate: float | None, run: Run) -> float | None:
     return rate / (run.cpu_s / run.wall_s)
 
 
-RE_TRAINED = re.compile(r"trained (\d+) steps, (\d+) images \((\d+) full epochs\) at ([\d.]+) images/s; "
-                        r"stopped by (\w+)")
+RE_TRAINED = re.compile(r"trained (\d+) steps, (\d+) images \((\d+) full epochs\) at ([\d.]+) images/s"
+                        r"(?: \(([\d.]+) after the first \d+ steps\))?; stopped by (\w+)")
 RE_INFER = re.compile(r"inferred (\d+) images in ([\d.]+) s: ([\d.]+) images/s")
 
 
 def run_ours(name: str, data: Path, heldout: Path | None, out: Path, minutes: float, truth: dict,
-             truth_heldout: dict | None) -> dict:
+             truth_heldout: dict | None, device: str = "cpu") -> dict:
     run_dir = out / name
-    cmd = [OURS, "train", data / "particles.mrcs", "--ctf", data / "ctf.pkl", "-o", run_dir,
-           *OURS_TRAIN_FLAGS, "--time-limit", f"{minutes:g}", "--seed", "0", "--no-progress"]
+    flags = OURS_TRAIN_FLAGS_GPU if device == "cuda" else OURS_TRAIN_FLAGS
+    cmd = [*COMMANDS["ours"], "train", data / "particles.mrcs", "--ctf", data / "ctf.pkl", "-o", run_dir,
+           *flags, "--time-limit", f"{minutes:g}", "--seed", "0", "--no-progress"]
     if name == "ours_search":
         cmd.append("--init-search")
     # its --time-limit covers the outputs; the hard stop is only a safety net
@@ -524,7 +546,8 @@ def run_ours(name: str, data: Path, heldout: Path | None, out: Path, minutes: fl
         res["error"] = "no 'trained ...' line in the output (see the log)"
         return res
     res.update(steps=int(m.group(1)), images=int(m.group(2)), full_epochs=int(m.group(3)),
-               train_images_per_s=float(m.group(4)), stopped_by=m.group(5))
+               train_images_per_s=float(m.group(4)), stopped_by=m.group(6),
+               steady_images_per_s=float(m.group(5)) if m.group(5) else None)
     res["cpu_share"] = run.cpu_s / run.wall_s
     res["images_per_cpu_s"] = per_cpu_s(res["train_images_per_s"], run)
     res["end_to_end_images_per_s"] = res["images"] / run.wall_s
@@ -537,8 +560,9 @@ def run_ours(name: str, data: Path, heldout: Path | None, out: Path, minutes: fl
         if folder is None:
             continue
         odir = out / f"{name}_infer_{tag}"
-        r = run_budgeted([OURS, "infer", run_dir, folder / "particles.mrcs", "--ctf", folder / "ctf.pkl",
-                          "-o", odir], out / "logs" / f"{name}_infer_{tag}.log", None)
+        r = run_budgeted([*COMMANDS["ours"], "infer", run_dir, folder / "particles.mrcs", "--ctf",
+                          folder / "ctf.pkl", "-o", odir, "--device", device],
+                         out / "logs" / f"{name}_infer_{tag}.log", None)
         mi = RE_INFER.search("\n".join(line for _, line in r.lines))
         d = {"cmd": shlex.join(r.cmd), "wall_s": r.wall_s, "returncode": r.returncode,
              "load_avg_mean": r.load_avg_mean}
@@ -553,17 +577,18 @@ def run_ours(name: str, data: Path, heldout: Path | None, out: Path, minutes: fl
     return res
 
 
-def run_cryodrgn(tool: str, data: Path, out: Path, minutes: float, truth: dict, n_sub: int | None) -> dict:
+def run_cryodrgn(tool: str, data: Path, out: Path, minutes: float, truth: dict, n_sub: int | None,
+                 device: str = "cpu") -> dict:
     n_all = len(truth["conf"])
     n = n_sub if n_sub else n_all
     d = image_size(data)
-    flags, plan = plan_cryodrgn(tool, n, minutes * 60, d)
+    flags, plan = plan_cryodrgn(tool, n, minutes * 60, d, device)
     run_dir = out / tool
     if run_dir.exists():  # fresh output folder: stale epoch files must not be scored
         import shutil
 
         shutil.rmtree(run_dir)
-    cmd = [CRYODRGN, tool, data / "particles.mrcs", "-o", run_dir, "--ctf", data / "ctf.pkl", "--zdim",
+    cmd = [*COMMANDS["cryodrgn"], tool, data / "particles.mrcs", "-o", run_dir, "--ctf", data / "ctf.pkl", "--zdim",
            str(ZDIM), "--no-analysis", "--seed", "0", *flags]
     ind = None
     if n_sub:
@@ -577,7 +602,9 @@ def run_cryodrgn(tool: str, data: Path, out: Path, minutes: float, truth: dict, 
         cmd += ["--ind", ind_pkl]
     if tool == "train_vae":
         cmd += ["--poses", data / "poses.pkl"]
-    run = run_budgeted(cmd, out / "logs" / f"{tool}.log", minutes * 60)
+    # on a GPU machine a CPU benchmark must keep cryoDRGN off the GPU too
+    run = run_budgeted(cmd, out / "logs" / f"{tool}.log", minutes * 60,
+                       {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
     res = {"tool": tool, "label": LABELS[tool], "cmd": shlex.join(run.cmd), "plan": plan, "wall_s": run.wall_s,
            "cpu_s": run.cpu_s, "returncode": run.returncode, "killed_at_budget": run.killed_at_budget,
            "load_avg_mean": run.load_avg_mean, "n_particles": n, "log": run.log}
@@ -636,15 +663,20 @@ def _source(tool: str, name: str | None) -> str:
 def table(results: list[dict], minutes: float) -> str:
     ours = next((r for r in results if r["tool"] == "ours" and "train_images_per_s" in r), None)
     cols = ["tool", "particles", "wall s", "train img/s", "pose-search img/s", "img/CPU-s", "ours/theirs img/s",
-            "ours/theirs img/CPU-s", "poses from", "median view err (deg)", "z from", "abs Spearman(PC1 z, t)",
+            "ours/their pose search", "ours/theirs img/CPU-s", "poses from", "median view err (deg)", "z from", "abs Spearman(PC1 z, t)",
             "load avg"]
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
         m = r.get("metrics", {})
-        ratio = ratio_cpu = "-"
+        ratio = ratio_cpu = ratio_search = "-"
         if ours is not None and r["tool"] in CRYODRGN_TOOLS:
             if r.get("train_images_per_s"):
                 ratio = _f(ours["train_images_per_s"] / r["train_images_per_s"], ".1f") + "x"
+            ph = (r.get("phases") or {}).get("pose_search") or {}
+            if ph.get("images_per_s"):
+                ratio_search = _f(ours["train_images_per_s"] / ph["images_per_s"], ".1f") + "x"
+            elif ph.get("images_per_s_below"):
+                ratio_search = ">" + _f(ours["train_images_per_s"] / ph["images_per_s_below"], ".1f") + "x"
             if r.get("images_per_cpu_s") and ours.get("images_per_cpu_s"):
                 ratio_cpu = _f(ours["images_per_cpu_s"] / r["images_per_cpu_s"], ".1f") + "x"
         if r["tool"] == "train_vae":
@@ -655,7 +687,7 @@ def table(results: list[dict], minutes: float) -> str:
         rows.append("| " + " | ".join([
             r["label"], str(r.get("n_particles", "")), _f(r.get("wall_s"), ".0f"),
             _f(r.get("train_images_per_s"), ".2f"), search_rate_str(r), _f(r.get("images_per_cpu_s"), ".2f"),
-            ratio, ratio_cpu, pfrom, view, _source(r["tool"], m.get("z_from")),
+            ratio, ratio_search, ratio_cpu, pfrom, view, _source(r["tool"], m.get("z_from")),
             m.get("z_error") or _f(m.get("abs_spearman_pc1"), ".3f"), _f(r.get("load_avg_mean"), ".1f")]) + " |")
     lines = [f"Budget {minutes:g} min of wall clock per training tool, from launch. train img/s: images "
              "processed / training time; img/CPU-s: that rate divided by the run's mean CPU share; "
@@ -679,7 +711,10 @@ def table(results: list[dict], minutes: float) -> str:
             if r.get("wall_s", 0) > 1.05 * minutes * 60:
                 notes.append(f"OVERRAN the budget: {r['wall_s']:.0f} s for {minutes * 60:.0f} s"
                              + (" (stopped by the bench)" if r.get("killed_at_budget") else ""))
+            steady = r.get("steady_images_per_s")
             notes.append(f"{r['images']} images in {r['steps']} steps, stopped by {r['stopped_by']}"
+                         + (f"; {steady:.0f} img/s after the first steps (CUDA / cuDNN start-up excluded)"
+                            if steady else "")
                          + ("; train img/s excludes the voxel search that precedes training"
                             if r["tool"] == "ours_search" else ""))
             ms = r.get("metrics_search_poses")
@@ -696,6 +731,14 @@ def table(results: list[dict], minutes: float) -> str:
     return "\n".join(lines)
 
 
+def _gpu_name(device: str) -> str | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -705,9 +748,25 @@ def main(argv=None) -> int:
                    help=f"comma-separated subset of {','.join(ALL_TOOLS)} (default: all but ours_search)")
     p.add_argument("--init-search", action="store_true", help="also run ours with --init-search (adds ours_search)")
     p.add_argument("--cryodrgn-n", type=int, help="give the cryoDRGN tools only the first K particles (--ind)")
+    p.add_argument("--cryodrgn-minutes", type=float,
+                   help="budget of each cryoDRGN tool (default --minutes): abinit needs time to reach its pose "
+                        "search (start-up, pretraining)")
     p.add_argument("--heldout-n", type=int, default=1000, help="held-out particles for infer (0: none; default 1000)")
-    p.add_argument("-o", "--out", type=Path, help="output folder (default bench/out/bench_train_n{N}_m{MINUTES})")
+    p.add_argument("--box", type=int, help="simulate at this box size (same physical box; default the config's 32)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu (default: the demo's CPU configuration; cryoDRGN kept off any GPU) or cuda (the demo's "
+                        "GPU configuration, bf16 autocast; cryoDRGN on the GPU)")
+    p.add_argument("--ours-cmd", help="command that runs cryofire-nb (default .venv/bin/cryofire-nb), "
+                                      "e.g. 'python3 -m cryofire_nb'")
+    p.add_argument("--cryodrgn-cmd", help="command that runs cryodrgn (default .venv-cryodrgn/bin/cryodrgn), e.g. "
+                                          "'python3 -c \"from cryodrgn.command_line import main_commands as m; m()\"'")
+    p.add_argument("-o", "--out", type=Path,
+                   help="output folder (default bench/out/bench_train_n{N}_m{MINUTES}[_d{BOX}][_cuda])")
     args = p.parse_args(argv)
+    if args.ours_cmd:
+        COMMANDS["ours"] = shlex.split(args.ours_cmd)
+    if args.cryodrgn_cmd:
+        COMMANDS["cryodrgn"] = shlex.split(args.cryodrgn_cmd)
 
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     if args.init_search and "ours_search" not in tools:
@@ -719,10 +778,18 @@ def main(argv=None) -> int:
         p.error("--minutes must be > 0 and --n >= 2")
     if args.cryodrgn_n is not None and not 2 <= args.cryodrgn_n <= args.n:
         p.error("--cryodrgn-n must be in [2, --n]")
-    if not OURS.is_file():
+    if args.box is not None and (args.box < 8 or args.box % 2):
+        p.error("--box must be even and >= 8")
+    if not args.ours_cmd and not OURS.is_file():
         print(f"error: {OURS} is missing: run `make install` first", file=sys.stderr)
         return 2
-    if any(t in CRYODRGN_TOOLS for t in tools) and not CRYODRGN.is_file():
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --device cuda, but this Python's torch sees no CUDA device", file=sys.stderr)
+            return 2
+    if any(t in CRYODRGN_TOOLS for t in tools) and not args.cryodrgn_cmd and not CRYODRGN.is_file():
         print(f"error: {CRYODRGN} is missing: run `make cryodrgn-venv` to install cryoDRGN 4.3.1 "
               f"(or pass --tools ours)", file=sys.stderr)
         return 2
@@ -732,12 +799,15 @@ def main(argv=None) -> int:
         print("error: cryofire_nb is not importable: run this script with .venv/bin/python", file=sys.stderr)
         return 2
 
-    out = args.out or REPO / "bench" / "out" / f"bench_train_n{args.n}_m{args.minutes:g}"
+    tag = (f"_d{args.box}" if args.box else "") + ("_cuda" if args.device == "cuda" else "")
+    out = args.out or REPO / "bench" / "out" / f"bench_train_n{args.n}_m{args.minutes:g}{tag}"
     out.mkdir(parents=True, exist_ok=True)
-    data = ensure_data(out.parent / f"bench_train_data_n{args.n}", args.n)
+    dtag = f"_d{args.box}" if args.box else ""
+    data = ensure_data(out.parent / f"bench_train_data_n{args.n}{dtag}", args.n, box=args.box)
     heldout = None
     if args.heldout_n > 0 and any(t.startswith("ours") for t in tools):
-        heldout = ensure_data(out.parent / f"bench_train_heldout_n{args.heldout_n}", args.heldout_n, seed=1)
+        heldout = ensure_data(out.parent / f"bench_train_heldout_n{args.heldout_n}{dtag}", args.heldout_n, seed=1,
+                              box=args.box)
     truth = load_truth(data)
     truth_heldout = load_truth(heldout) if heldout is not None else None
 
@@ -745,16 +815,19 @@ def main(argv=None) -> int:
             "data": str(data), "heldout": str(heldout) if heldout else None,
             "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
-            "load_avg_at_start": os.getloadavg(), "planning_rates": PLAN_RATES,
+            "load_avg_at_start": os.getloadavg(), "device": args.device, "gpu": _gpu_name(args.device),
+            "planning_rates": PLAN_RATES_GPU if args.device == "cuda" else PLAN_RATES,
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     results = []
     for tool in tools:
-        print(f"\n=== {LABELS[tool]} ({args.minutes:g} min) ===", flush=True)
+        budget = args.cryodrgn_minutes if tool in CRYODRGN_TOOLS and args.cryodrgn_minutes else args.minutes
+        print(f"\n=== {LABELS[tool]} ({budget:g} min) ===", flush=True)
         try:
             if tool.startswith("ours"):
-                r = run_ours(tool, data, heldout, out, args.minutes, truth, truth_heldout)
+                r = run_ours(tool, data, heldout, out, args.minutes, truth, truth_heldout, args.device)
             else:
-                r = run_cryodrgn(tool, data, out, args.minutes, truth, args.cryodrgn_n)
+                r = run_cryodrgn(tool, data, out, args.cryodrgn_minutes or args.minutes, truth, args.cryodrgn_n,
+                                 args.device)
         except Exception as err:  # one tool's failure must not lose the others' numbers
             import traceback
 
@@ -766,7 +839,9 @@ def main(argv=None) -> int:
     meta["load_avg_at_end"] = os.getloadavg()
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     md = table(results, args.minutes)
-    header = (f"# bench_train: {args.n} particles (D={image_size(data)}), {args.minutes:g} min per tool\n\n"
+    cmin = f" ({args.cryodrgn_minutes:g} min for cryoDRGN's)" if args.cryodrgn_minutes else ""
+    header = (f"# bench_train: {args.n} particles (D={image_size(data)}), {args.minutes:g} min per tool{cmin}, "
+              f"device {args.device}{' (' + meta['gpu'] + ')' if meta['gpu'] else ''}\n\n"
               f"Machine: {os.cpu_count()} CPUs, OMP_NUM_THREADS={meta['env_threads']['OMP_NUM_THREADS']}; "
               f"load average at start {meta['load_avg_at_start'][0]:.1f}, at end {meta['load_avg_at_end'][0]:.1f} "
               f"(includes the benchmarked process itself). Started {meta['started']}.\n\n")

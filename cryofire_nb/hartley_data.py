@@ -72,9 +72,10 @@ class HartleyData:
         std = float(x[: min(n, 10000)].std())
         x /= std
         if ctf_table is not None:
-            params = CTFParams.from_table(torch.as_tensor(np.asarray(ctf_table), dtype=torch.float64))
+            params = CTFParams.from_table(torch.as_tensor(np.asarray(ctf_table), dtype=torch.float64,
+                                                          device=lat.coords.device))
             ctf = torch.cat([params_slice(params, j, j + chunk).evaluate(lat.coords_xy.double(), d).float()
-                             for j in range(0, n, chunk)]).to(device)
+                             for j in range(0, n, chunk)])
             apix = float(params.pixel_size_angstrom[0] * params.d[0] / d)
         else:
             ctf = torch.ones_like(x)

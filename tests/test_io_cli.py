@@ -196,3 +196,18 @@ def test_write_subset_index_out_of_range(out_dir, fix, capsys):
     err = capsys.readouterr().err
     assert str(out_dir / "ind.pkl") in err and "out of range" in err
     assert _files(out_dir) == ["ind.pkl"]
+
+
+def test_python_dash_m_runs_the_cli():
+    """``python -m cryofire_nb`` is the command without an installed entry point (a GPU
+    machine's own Python with the repository on PYTHONPATH)."""
+    import subprocess
+    import sys
+
+    import cryofire_nb
+
+    r = subprocess.run([sys.executable, "-m", "cryofire_nb", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"cryofire_nb {cryofire_nb.__version__}"
+    r = subprocess.run([sys.executable, "-m", "cryofire_nb", "simulate", "missing.yaml", "-o", "x"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "missing.yaml" in r.stderr

@@ -245,6 +245,20 @@ def test_cli_writes_consistent_files(tmp_path, capsys):
     assert _leftovers(tmp_path) == ["sim"]
 
 
+def test_cli_box_keeps_the_physical_box(tmp_path, capsys):
+    out = tmp_path / "sim64"
+    assert cli.main(["simulate", str(DEMO / "adk_continuous_d32.yaml"), "-o", str(out), "--n-particles", "6",
+                     "--box", "64"]) == 0
+    stack = read_mrc(out / "particles.mrcs")
+    assert stack.data.shape == (6, 64, 64) and stack.pixel_size_angstrom == pytest.approx(1.45)
+    saved = SimConfig.from_yaml(out / "sim_config.yaml")
+    assert saved.d == 64 and saved.max_shift_px == pytest.approx(3.0)  # 1.5 px at 2.9 A = 3 px at 1.45 A
+    assert read_ctf(out / "ctf.pkl", 6).table[:, 0] == pytest.approx(64)
+    assert cli.main(["simulate", str(DEMO / "adk_continuous_d32.yaml"), "-o", str(tmp_path / "odd"), "--box", "63"]) == 2
+    assert "--box must be even" in capsys.readouterr().err
+    assert not (tmp_path / "odd").exists()
+
+
 def test_failures_leave_nothing_behind(tmp_path, monkeypatch):
     bad_state = tmp_path / "short.pdb"
     text = [ln for ln in __import__("gzip").open(STATES[1], "rt") if ln.startswith("ATOM")][:-1]

@@ -117,6 +117,28 @@ def test_time_limit_stops_and_writes_every_output(synth, tmp_path):
         assert (out / name).is_file(), name
 
 
+def test_slow_first_steps_do_not_end_a_timed_run(synth, tmp_path, monkeypatch):
+    """On a GPU the first steps take seconds (CUDA start-up, cuDNN's algorithm search) and
+    later ones milliseconds: the time-limit estimate must not take the first step as the
+    step time (a 45-s GPU run once stopped after one step)."""
+    from cryofire_nb.train import trainer as trainer_mod
+
+    real_step = trainer_mod.Trainer._step
+    calls = []
+
+    def step(self, pos):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(3.0)  # one slow step x ~6 steps per epoch of reserve > the 15 s limit
+        return real_step(self, pos)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_step", step)
+    res = train(tiny(synth, tmp_path / "slow_start", epochs=100_000, time_limit_min=0.25))
+    assert res.stopped_by == "time_limit"
+    assert res.state.step > 20  # trained on after the slow step (it stopped after 1 before the fix)
+    assert res.steady_images_per_s is not None and res.steady_images_per_s > res.train_images_per_s
+
+
 @pytest.mark.parametrize("kw", [
     {"variational": True},
     {"n_pose_hypotheses": 3, "encoder": "paper", "decoder": "voxel"},

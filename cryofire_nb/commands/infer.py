@@ -16,6 +16,13 @@ import argparse
 from pathlib import Path
 
 HELP = "infer poses and z of particles with a trained run's encoder"
+CPU_BATCH = 256
+
+
+def gpu_batch(d: int) -> int:
+    """Default GPU batch: 4,096 images at d = 64 (measured on an H200: 22,900 images/s at
+    4,096, 20,600 at 1,024), fewer for larger boxes (same number of lattice points)."""
+    return max(256, int(4096 * (64 / d) ** 2))
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -26,8 +33,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ind", help="indices of the particles to use (.pkl)")
     p.add_argument("--datadir", help="folder of the stacks named in a .star/.cs/.txt")
     p.add_argument("--lazy", action="store_true", help="read images from disk on demand")
-    p.add_argument("-b", "--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("-b", "--batch-size", type=int,
+                   help=f"batch size (default {CPU_BATCH} on the CPU; on a GPU 4096 at d = 64, scaled by (64/d)^2)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--no-amp", action="store_true", help="fp32 on a GPU too (default: bf16 autocast on a GPU)")
     p.add_argument("--search", action="store_true",
                    help="poses by search against the trained decoder at each particle's inferred z (global "
                         "search + local refinement, as the run's pose table) instead of the encoder's pose heads; "
@@ -46,11 +55,13 @@ def main(args: argparse.Namespace) -> int:
 
     if args.search_bins < 1:
         raise InputError(None, f"--search-bins must be >= 1, got {args.search_bins}", "pass e.g. --search-bins 8")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}", "pass e.g. -b 256")
     device = resolve_device(args.device)
     model = load_weights(args.run, device)
     spec = model.spec
+    if args.batch_size is None:
+        args.batch_size = gpu_batch(spec.d) if device.type == "cuda" else CPU_BATCH
     if spec.has_ctf and args.ctf is None:
         raise InputError(args.run / "weights.pt", "this run was trained with a CTF, so inference needs one",
                          "pass --ctf CTF.pkl for the particles")
@@ -59,7 +70,8 @@ def main(args: argparse.Namespace) -> int:
     if data.d != spec.d:
         raise InputError(args.particles, f"images are {data.d} px but the run was trained on {spec.d} px",
                          f"downsample the particles to {spec.d} px (cryofire-nb downsample)")
-    result = infer_dataset(model, data, batch_size=args.batch_size, progress=args.progress)
+    amp = device.type == "cuda" and not args.no_amp
+    result = infer_dataset(model, data, batch_size=args.batch_size, amp=amp, progress=args.progress)
     args.outdir.mkdir(parents=True, exist_ok=True)
     write_latents(args.outdir / "z.pkl", Latents(result.z.reshape(len(result.z), -1)))
     written = ["z.pkl"]
@@ -75,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
             write_poses(args.outdir / "poses.pkl", enc)
             written.insert(0, "poses.pkl")
     print(f"inferred {len(result.z)} images in {result.seconds:.2f} s: {result.images_per_s:.0f} images/s "
-          f"(device {device}, batch {args.batch_size})")
+          f"(device {device}, batch {args.batch_size}{', bf16' if amp else ''})")
     if args.search and not spec.known_poses:
         rots, shifts, seconds = search_poses(model, data, result.z, args.search_bins, progress=args.progress)
         write_poses(args.outdir / "poses.pkl", Poses.from_shift_px(rots, shifts, spec.d))

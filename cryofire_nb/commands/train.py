@@ -112,11 +112,14 @@ def config_from_args(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     from ..train import train
+    from ..train.trainer import WARMUP_STEPS
 
     result = train(config_from_args(args))
     st = result.state
+    steady = "" if result.steady_images_per_s is None else \
+        f" ({result.steady_images_per_s:.0f} after the first {WARMUP_STEPS} steps)"
     print(f"trained {st.step} steps, {st.images_seen} images ({st.epoch} full epochs) at "
-          f"{result.train_images_per_s:.0f} images/s; stopped by {result.stopped_by}")
+          f"{result.train_images_per_s:.0f} images/s{steady}; stopped by {result.stopped_by}")
     if result.final_metrics is not None:
         print("\n".join(result.final_metrics.summary_lines()))
     print(f"wrote {result.outputs.outdir}/: poses.pkl z.pkl weights.pt volume.mrc history.json "

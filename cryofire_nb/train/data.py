@@ -74,6 +74,18 @@ def _read_vector(path: str | Path, what: str) -> np.ndarray:
     return arr
 
 
+def _device_copy(images: np.ndarray, device: torch.device, max_fraction: float = 0.4) -> Tensor | None:
+    """The stack on ``device`` when that is a GPU with room for it (at most ``max_fraction``
+    of its free memory), else None: batches are then gathered on the GPU instead of being
+    indexed and copied from host memory at every step."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.nbytes > max_fraction * free:
+        return None
+    return torch.as_tensor(images).to(device)
+
+
 class ParticleData:
     """Particles of one stack (optionally a subset) with their CTF, ready for the model."""
 
@@ -100,9 +112,15 @@ class ParticleData:
         self.device = torch.device(device)
         self.lattice = Lattice(self.d, device=self.device)
         self._memory = None
+        self._memory_device = None  # the in-memory stack copied to the GPU when it fits (fast batches)
         if not lazy:
             keep = np.arange(self.n_total) if self.ind is None else self.ind
             self._memory = self.source.images(keep)  # (N, d, d)
+            self._memory_device = _device_copy(self._memory, self.device)
+        # the CTF is evaluated where the batch lives (float64, as on the CPU)
+        self._ctf_device = None if self.ctf_table is None else torch.as_tensor(self.ctf_table, dtype=torch.float64,
+                                                                                device=self.device)
+        self._freqs64 = self.lattice.coords_xy.to(torch.float64)
         self.normalization = normalization or self._compute_normalization()
 
     # ------------------------------------------------------------------ basics
@@ -137,15 +155,18 @@ class ParticleData:
         """CTF (b, m, m) on the Hartley lattice, or None without a CTF file."""
         if self.ctf_table is None:
             return None
-        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
-        params = CTFParams.from_table(torch.as_tensor(self.ctf_table[pos], dtype=torch.float64))
-        c = params.evaluate(self.lattice.coords_xy.to("cpu", torch.float64), self.d)  # (b, n)
+        pos = torch.as_tensor(np.asarray(positions, dtype=np.int64).reshape(-1), device=self.device)
+        params = CTFParams.from_table(self._ctf_device[pos])
+        c = params.evaluate(self._freqs64, self.d)  # (b, n)
         m = self.d + 1
-        return c.reshape(-1, m, m).to(self.device, torch.float32)
+        return c.reshape(-1, m, m).to(torch.float32)
 
     def batch(self, positions) -> Batch:
         pos = np.asarray(positions, dtype=np.int64).reshape(-1)
-        raw = torch.as_tensor(self.images(pos)).to(self.device)
+        if self._memory_device is not None:
+            raw = self._memory_device[torch.as_tensor(pos, device=self.device)]
+        else:
+            raw = torch.as_tensor(self.images(pos)).to(self.device)
         pre = preprocess(raw, self.preprocess_config, self.normalization)
         return Batch(torch.as_tensor(pos, device=self.device), pre.real, pre.hartley, self.ctf_on_lattice(pos))
 

@@ -49,6 +49,9 @@ from .steps import PoseTargets, amortised_step, distill_step, known_pose_step, v
 
 NEVER = 10 ** 18  # schedule placeholder until a time-only budget is resolved
 PROBE_STEPS = 10  # steps timed before a time-only budget fixes its schedules
+# The first steps of a run are not timed for the budget: on a GPU they include CUDA's lazy
+# start-up and cuDNN's algorithm search (seconds, against ~25 ms for a step after them).
+WARMUP_STEPS = 2
 
 
 @dataclass
@@ -59,6 +62,7 @@ class TrainResult:
     stopped_by: str  # "epochs", "max_images" or "time_limit"
     train_images_per_s: float
     final_metrics: RunMetrics | None
+    steady_images_per_s: float | None = None  # this run's steps after the first WARMUP_STEPS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,6 +72,8 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(None, f"--device {name} asked for, but torch sees no CUDA device",
                          "use --device cpu (or auto)")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest convolutions
     return dev
 
 
@@ -324,7 +330,8 @@ class Trainer:
             write_latents(self.outdir / "encoder_z.pkl", Latents(encoder.z.reshape(len(encoder.z), -1)))
         self._checkpoint()
         rate = st.images_seen / max(st.train_seconds, 1e-9)
-        return TrainResult(outputs, st, self.history, stopped_by, rate, final)
+        steady = self._steady[0] / self._steady[1] if self._steady[1] > 0 else None
+        return TrainResult(outputs, st, self.history, stopped_by, rate, final, steady)
 
     def _budget_done(self) -> str | None:
         cfg, st = self.cfg, self.state
@@ -348,7 +355,9 @@ class Trainer:
         if self.gt is not None:  # evaluate before the first step (unless a resumed run just did)
             done_here = bool(self.history.eval) and self.history.eval[-1]["images_seen"] == st.images_seen
             next_eval = st.images_seen + ((self.eval_every or 0) if done_here else 0)
-        steps_this_run, images_this_run, t_run0 = 0, 0, time.perf_counter()
+        steps_this_run, images_this_run = 0, 0
+        self._steady = [0, 0.0]  # images and seconds of this run's steps after the warm-up steps
+        t_probe0, probe_images0 = time.perf_counter(), 0
         planned = cfg.resolved.get("planned_images") if cfg.resolved else None
         bar = tqdm(total=planned, initial=min(st.images_seen, planned or st.images_seen), unit="img",
                    desc="train", disable=not cfg.progress, dynamic_ncols=True)
@@ -380,7 +389,10 @@ class Trainer:
             t_step = time.perf_counter()
             res, phase = self._step(pos)
             dt = time.perf_counter() - t_step
-            step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+            if steps_this_run >= WARMUP_STEPS:
+                step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+                self._steady[0] += len(pos)
+                self._steady[1] += dt
             st.step += 1
             st.images_seen += len(pos)
             st.batch_in_epoch += 1
@@ -391,8 +403,11 @@ class Trainer:
                 self._log(acc, time.perf_counter() - self.t0)
             self._accumulate(acc, res, phase, len(pos))
             bar.update(len(pos))
-            if not cfg.resolved and steps_this_run == PROBE_STEPS and limit_s is not None:
-                self._resolve_from_probe(limit_s, images_this_run / (time.perf_counter() - t_run0))
+            if steps_this_run == WARMUP_STEPS:
+                t_probe0, probe_images0 = time.perf_counter(), images_this_run
+            if not cfg.resolved and steps_this_run == WARMUP_STEPS + PROBE_STEPS and limit_s is not None:
+                self._resolve_from_probe(limit_s, (images_this_run - probe_images0)
+                                         / max(time.perf_counter() - t_probe0, 1e-9))
                 bar.total = cfg.resolved["planned_images"]
             if st.step % cfg.log_every_steps == 0:
                 entry = self._log(acc, time.perf_counter() - self.t0)
