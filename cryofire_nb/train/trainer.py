@@ -308,15 +308,20 @@ class Trainer:
         self.spec.images_seen = int(st.images_seen)
         table = self.targets if cfg.pose_table else None  # the refined pose table is the run's poses
         known = self.known if table is None else table
-        inferred = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), radius_px=radius,
-                                 known=known, pose_only_active=self.pose_only.active(st.images_seen),
-                                 amp=self.amp, progress=cfg.progress)
         encoder = None
         if table is not None:  # the encoder's own (amortised) poses, as `infer` would give on new particles
             encoder = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), radius_px=radius,
                                     amp=self.amp, progress=cfg.progress)
-            if self.z_table is not None:
-                inferred = dataclasses.replace(inferred, z=self.z_table.copy())
+        if table is not None and self.z_table is not None:
+            # poses and z are the tables: no encoder pass needed (outputs use rots, shifts and z only)
+            inferred = dataclasses.replace(encoder, rots=table[0].astype(np.float32),
+                                           shift_px=table[1].astype(np.float32), z=self.z_table.copy(),
+                                           mirrored=np.zeros(self.n, dtype=bool),
+                                           loss=np.full(self.n, np.nan, dtype=np.float32), seconds=0.0)
+        else:
+            inferred = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), radius_px=radius,
+                                     known=known, pose_only_active=self.pose_only.active(st.images_seen),
+                                     amp=self.amp, progress=cfg.progress)
         final = None
         if self.gt is not None:
             final = gt_metrics(inferred.rots, inferred.shift_px, inferred.z, self.gt, np.arange(self.n), self.d)
