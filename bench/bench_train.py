@@ -639,15 +639,22 @@ def _f(x, spec=".1f", na="n/a") -> str:
     return format(x, spec)
 
 
-def search_rate_str(r: dict) -> str:
-    ph = (r.get("phases") or {}).get("pose_search")
-    if not ph:
-        return "-"
+def pose_search_rate(r: dict) -> tuple[float | None, bool]:
+    """A cryoDRGN tool's pose-search images/s and whether it is only an upper bound (no
+    finished batch at the budget); (None, False) when it logged no pose search."""
+    ph = (r.get("phases") or {}).get("pose_search") or {}
     if "images_per_s" in ph:
-        return _f(ph["images_per_s"], ".2f")
+        return ph["images_per_s"], False
     if "images_per_s_below" in ph:
-        return "<" + _f(ph["images_per_s_below"], ".3f")
-    return "-"
+        return ph["images_per_s_below"], True
+    return None, False
+
+
+def search_rate_str(r: dict) -> str:
+    rate, bound = pose_search_rate(r)
+    if rate is None:
+        return "-"
+    return "<" + _f(rate, ".3f") if bound else _f(rate, ".2f")
 
 
 def _source(tool: str, name: str | None) -> str:
@@ -672,11 +679,9 @@ def table(results: list[dict], minutes: float) -> str:
         if ours is not None and r["tool"] in CRYODRGN_TOOLS:
             if r.get("train_images_per_s"):
                 ratio = _f(ours["train_images_per_s"] / r["train_images_per_s"], ".1f") + "x"
-            ph = (r.get("phases") or {}).get("pose_search") or {}
-            if ph.get("images_per_s"):
-                ratio_search = _f(ours["train_images_per_s"] / ph["images_per_s"], ".1f") + "x"
-            elif ph.get("images_per_s_below"):
-                ratio_search = ">" + _f(ours["train_images_per_s"] / ph["images_per_s_below"], ".1f") + "x"
+            rate, bound = pose_search_rate(r)
+            if rate:
+                ratio_search = (">" if bound else "") + _f(ours["train_images_per_s"] / rate, ".1f") + "x"
             if r.get("images_per_cpu_s") and ours.get("images_per_cpu_s"):
                 ratio_cpu = _f(ours["images_per_cpu_s"] / r["images_per_cpu_s"], ".1f") + "x"
         if r["tool"] == "train_vae":
