@@ -208,6 +208,22 @@ def mirror_pose(rot: Tensor, shift: Tensor | None = None) -> tuple[Tensor, Tenso
     return rot_m, shift_m
 
 
+def quarter_turn_pose(rot: Tensor, shift: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Pose of an image turned by ``k`` (b,) quarter turns in its plane
+    (:func:`cryofire_nb.model.preprocess.quarter_turn_real`), from the pose ``rot``
+    (b, 3, 3), ``shift`` (b, 2) of the original. One turn is ``I'(x) = I(P x)`` with
+    ``P = [[0, -1], [1, 0]]``; its transform is ``F'(k) = F(P k)``, so the slice
+    ``[k, 0] @ R'`` with ``R' = Q^T R`` (``Q = diag(P, 1)``), and the shift ``t' = P^T t``.
+    The inverse is ``k -> -k``."""
+    c = torch.tensor([1.0, 0.0, -1.0, 0.0], dtype=rot.dtype, device=rot.device)[k.long() % 4]
+    s = torch.tensor([0.0, 1.0, 0.0, -1.0], dtype=rot.dtype, device=rot.device)[k.long() % 4]
+    zero, one = torch.zeros_like(c), torch.ones_like(c)
+    pk = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # (b, 2, 2) = P^k
+    qk = torch.stack([torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1),
+                      torch.stack([zero, zero, one], -1)], -2)
+    return qk.transpose(-1, -2) @ rot, (pk.transpose(-1, -2).to(shift.dtype) @ shift[..., None])[..., 0]
+
+
 # --------------------------------------------------------------------------- distances
 
 

@@ -63,9 +63,56 @@ def test_infer_search_writes_searched_and_encoder_poses(trained, tmp_path, capsy
     assert searched.rots.shape == (N, 3, 3) and not np.allclose(searched.rots, enc.rots, atol=1e-3)
     assert np.allclose(np.einsum("nij,nkj->nik", searched.rots, searched.rots), np.eye(3), atol=1e-4)
     assert np.abs(searched.trans_frac * D).max() <= 1.5 + 1e-6
+    # z: the encoder's in encoder_z.pkl (the run's own z here: no pose table), the search's in z.pkl
+    enc_z, z = read_latents(tmp_path / "inf" / "encoder_z.pkl").mu, read_latents(tmp_path / "inf" / "z.pkl").mu
+    assert np.allclose(enc_z, read_latents(run / "z.pkl").mu, atol=1e-5)
+    assert z.shape == (N, 2) and np.isfinite(z).all() and not np.allclose(z, enc_z, atol=1e-3)
+    record = yaml.safe_load((tmp_path / "inf" / "infer.yaml").read_text())
+    assert record["run"] == str(run.resolve()) and record["search"] is True and record["search_images_per_s"] > 0
+    # evaluate scores an infer output with the run it names
+    rc = main(["evaluate", str(tmp_path / "inf"), "--gt-poses", str(s.poses), "--gt-conf", str(s.conf),
+               "-o", str(tmp_path / "ev")])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    from cryofire_nb.metrics import evaluate_run
+    m = evaluate_run(searched.rots, searched.trans_frac, read_poses(s.poses).rots, read_poses(s.poses).trans_frac, D)
+    assert metrics["summary"][2] == m.summary_lines()[2]  # the view-error line of the searched poses
+    record["run"] = str(tmp_path / "gone")
+    (tmp_path / "inf" / "infer.yaml").write_text(yaml.safe_dump(record))
+    rc = main(["evaluate", str(tmp_path / "inf"), "--gt-poses", str(s.poses), "-o", str(tmp_path / "ev2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "gone/weights.pt" in err and not (tmp_path / "ev2").exists()
     rc = main(["infer", str(run), str(s.particles), "--ctf", str(s.ctf), "-o", str(tmp_path / "bad"), "--search",
                "--search-bins", "0"])
     assert rc == 2 and "--search-bins" in capsys.readouterr().err
+
+
+def test_decoder_basis_is_linear_in_the_runs_z(trained, tmp_path):
+    """infer --search reads the decoder as V(a) = sum_k a_k B_k over the principal
+    components of the run's z: exact for the voxel decoder (V_0 + sum_k z_k U_k), the
+    least-squares fit for the hypervolume (close at the z it was fitted to)."""
+    import torch
+
+    from cryofire_nb.search import real_to_hartley_volume
+    from cryofire_nb.train import load_weights
+    from cryofire_nb.train.infer import decoder_basis
+    s, run = trained
+    vox = tmp_path / "vox"
+    rc = main(["train", str(s.particles), "--ctf", str(s.ctf), "-o", str(vox), "--zdim", "2", "--epochs", "1",
+               "--decoder", "voxel", "--encoder", "released", "--encoder-channels", "8", "16", "32",
+               "--encoder-hidden", "32", "-b", "32", "--no-progress"])
+    assert rc == 0
+    for folder, tol in ((vox, 1e-4), (run, 0.2)):
+        model = load_weights(folder)
+        z_ref = read_latents(folder / "z.pkl").mu
+        basis, pcs = decoder_basis(model, z_ref, scale=1.0)
+        assert basis.shape == (3, D + 1, D + 1, D + 1)
+        for z in (z_ref[3], z_ref[50], z_ref.mean(0) + 0.5 * z_ref.std(0)):
+            with torch.no_grad():
+                v = real_to_hartley_volume(model.decoder.eval_volume(torch.as_tensor(z, dtype=torch.float32)))
+            lin = (pcs.coefficients(z[None])[0][:, None, None, None] * basis).sum(0)
+            rel = float((lin - v).norm() / v.norm())
+            assert rel < tol, (folder.name, rel)
 
 
 def test_infer_needs_the_ctf_the_run_used(trained, tmp_path, capsys):
@@ -126,3 +173,50 @@ def test_demo_on_a_miniature_config(repo_root, tmp_path):
     assert "median view error" in report and "known_pose_reconstruction.png" in report
     for rel in ("known_pose_reconstruction.png", "train/poses.pkl", "eval/metrics.json", "eval/fsc.png"):
         assert (out / rel).is_file(), rel
+
+
+def test_distillation_with_quarter_turns_turns_targets_and_outputs_together(trained):
+    """--quarter-turns: the encoder sees each image turned by k quarter turns and is
+    scored against the target turned by the same k; its poses come back in the original
+    frame. An encoder that always answers R0 shows it: its returned poses are
+    quarter_turn_pose(R0, -k) for the k each image got, and the pose loss is the chordal
+    distance of R0 to the targets turned by those k."""
+    import torch
+
+    from cryofire_nb.lattice import Lattice
+    from cryofire_nb.model.encoder import EncoderOutput
+    from cryofire_nb.model.schedule import PoseOnlyPhase
+    from cryofire_nb.rotations import quarter_turn_pose, random_rotations
+    from cryofire_nb.train import load_weights
+    from cryofire_nb.train.data import ParticleData
+    from cryofire_nb.train.steps import PoseTargets, distill_step
+    s, run = trained
+    model = load_weights(run)
+    data = ParticleData(str(s.particles), ctf=str(s.ctf), preprocess_config=model.spec.preprocess_config,
+                        normalization=model.spec.norm)
+    r0 = random_rotations(1, generator=torch.Generator().manual_seed(2))[0].float()
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            b = x.shape[0]
+            return EncoderOutput(r0.expand(b, 3, 3), torch.zeros(b, 2), torch.zeros(b, 2), None)
+
+    model.encoder = Constant()
+    batch = data.batch(np.arange(32))
+    target = PoseTargets(random_rotations(32, generator=torch.Generator().manual_seed(3)).float(),
+                         torch.randn(32, 2, generator=torch.Generator().manual_seed(4)))
+    lat = Lattice(D)
+    res = distill_step(model, batch, target, lat, lat.mask(D / 2), 0, PoseOnlyPhase(0), 0.0, 1.0, 0.0,
+                       torch.Generator().manual_seed(5), quarter_turns=True)
+    cands = torch.stack([quarter_turn_pose(r0[None], torch.zeros(1, 2), torch.tensor([-j]))[0][0] for j in range(4)])
+    k = (res.rots[:, None] - cands[None]).abs().amax((-1, -2)).argmin(1)  # which turn each image got
+    assert torch.allclose(res.rots, cands[k], atol=1e-6) and len(set(k.tolist())) > 1
+    turned, _ = quarter_turn_pose(target.rots, target.shift_px, k)
+    # pose loss = mean over both paths of the chordal distance; the mirrored path's target is
+    # the mirror of the turned one, and a constant encoder answers R0 on both
+    from cryofire_nb.rotations import mirror_pose
+    chord = (r0 - turned).square().sum((-1, -2)) + (r0 - mirror_pose(turned)[0]).square().sum((-1, -2))
+    assert torch.allclose(res.pose_loss, 0.5 * chord.mean(), rtol=1e-5)
+    plain = distill_step(model, batch, target, lat, lat.mask(D / 2), 0, PoseOnlyPhase(0), 0.0, 1.0, 0.0,
+                         torch.Generator().manual_seed(5), quarter_turns=False)
+    assert torch.allclose(plain.rots, r0.expand(32, 3, 3)) and not torch.allclose(plain.pose_loss, res.pose_loss)

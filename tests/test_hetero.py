@@ -11,7 +11,7 @@ import torch
 from cryofire_nb.hartley_data import HartleyData
 from cryofire_nb.hetero import (BasisAccumulator, HeteroRefineConfig, _rotated_volumes, basis_slices,
                                 estimate_latents, fit_basis, gauge_rotations, hetero_refine, local_search_basis,
-                                own_slices, pc_map, superpose)
+                                own_slices, pc_map, search_basis, superpose)
 from cryofire_nb.io import read_ctf, read_mrc, read_poses
 from cryofire_nb.metrics import evaluate_run
 from cryofire_nb.rotations import axis_angle_to_matrix, random_rotations
@@ -167,6 +167,52 @@ def test_global_stage_recovers_poses_from_random_starts(hetero_set):
     # 20 deg, far more than random rotations aligned the same way
     assert m.rotations.view.frac_within_20deg > 0.2 > 2 * r0.rotations.view.frac_within_20deg, (m, r0)
     assert m.rotations.view.median_deg < r0.rotations.view.median_deg - 20
+
+
+def test_search_basis_finds_poses_and_scores_of_particles_outside_the_basis(hetero_set):
+    """New particles (infer --search): the basis from one half (true poses and t), the
+    other half (i) refined from poses 10 deg off with noisy first scores: the poses improve
+    and the scores read off through the basis follow t far better than the start; (ii)
+    searched from scratch (no poses): far better than random rotations (a global search on
+    this 16-px blob set is coarse, see test_global_stage_recovers_poses_from_random_starts)."""
+    from dataclasses import replace
+
+    from scipy.stats import spearmanr
+    s, hd, t = hetero_set
+    gt = read_poses(s.poses)
+    n = len(t)
+    half = torch.randperm(n, generator=torch.Generator().manual_seed(3)) % 2
+    a_idx, b_idx = torch.nonzero(half == 0).squeeze(1), torch.nonzero(half == 1).squeeze(1)
+    bi = b_idx.numpy()
+    pcs = pc_map(t[:, None], 1)
+    coef = pcs.coefficients(t[:, None])
+    basis = fit_basis(hd, torch.as_tensor(gt.rots).float(), torch.as_tensor(gt.shift_px(D)).float(), coef, a_idx,
+                      HeteroRefineConfig(n_components=1))
+    new = replace(hd, x=hd.x[b_idx], ctf=hd.ctf[b_idx])
+    noisy = coef[b_idx].clone()
+    noisy[:, 1] += 1.5 * torch.randn(len(b_idx), generator=torch.Generator().manual_seed(4))
+    rho0 = spearmanr(noisy[:, 1].numpy(), t[bi])[0]
+    cfg = HeteroRefineConfig(n_components=1, grid=(300, 24), global_radius_px=6, refine_steps_deg=(4.0, 2.0, 1.0))
+    start_r = _perturb(torch.as_tensor(gt.rots[bi]), 10.0, 6)
+    start_s = torch.as_tensor(gt.shift_px(D)[bi]).float()
+    rots, shifts, out = search_basis(new, basis, noisy, cfg, progress=False, start=(start_r, start_s))
+    assert rots.shape == (len(b_idx), 3, 3) and shifts.shape == (len(b_idx), 2) and out.shape == noisy.shape
+    assert torch.equal(out[:, 0], torch.ones(len(b_idx)))
+    before = evaluate_run(start_r.numpy(), None, gt.rots[bi], None, D).rotations.view.median_deg
+    after = evaluate_run(rots.numpy(), None, gt.rots[bi], None, D).rotations.view.median_deg
+    rho = spearmanr(out[:, 1].numpy(), t[bi])[0]
+    assert after < before - 1.5, (before, after)
+    assert rho > 0.75 and rho > rho0 + 0.2, (rho0, rho)  # measured 0.53 -> 0.82
+    # from scratch (measured: median 72 deg, random 85)
+    rots, shifts, out = search_basis(new, basis, noisy, replace(cfg, refine_steps_deg=()), n_bins=3, progress=False)
+    m = evaluate_run(rots.numpy(), None, gt.rots[bi], None, D)
+    rnd = random_rotations(len(bi), generator=torch.Generator().manual_seed(5)).float()
+    r0 = evaluate_run(rnd.numpy(), None, gt.rots[bi], None, D)
+    assert m.rotations.view.median_deg < r0.rotations.view.median_deg - 6, (m, r0)
+    with pytest.raises(ValueError, match="coef"):
+        search_basis(new, basis, noisy[:, :1], cfg, progress=False)
+    with pytest.raises(ValueError, match="start"):
+        search_basis(new, basis, noisy, cfg, progress=False, start=(start_r[:5], start_s))
 
 
 def test_bad_inputs_are_refused(hetero_set):

@@ -165,3 +165,34 @@ def test_gradients_reach_encoder_and_decoder(variant):
     for name, p in [*enc.named_parameters(), *dec.named_parameters()]:
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+def test_quarter_turn_pose_maps_turned_images_exactly(setup):
+    """An image turned by k quarter turns in real space (exact pixel permutation about
+    the centre pixel) fits the volume at quarter_turn_pose(R, t, k) as the original fits
+    it at (R, t); its CTF turns with it. Used to augment the encoder's pose targets."""
+    from cryofire_nb.fft import iht2_center
+    from cryofire_nb.model.preprocess import quarter_turn_real
+    from cryofire_nb.rotations import quarter_turn_pose
+    s = setup
+    lat, mask = s["lat"], s["lat"].mask(D / 2 - 1)  # inside the disc: the setup's Nyquist edge is not symmetric
+    b = s["h"].shape[0]
+    real = iht2_center(s["h"][:, :-1, :-1])  # (b, d, d)
+    with torch.no_grad():
+        assert slice_loss(s["dec"], s["rots"], s["shift"], s["z"], to_hartley(real), s["ctf"], lat,
+                          mask).per_image.max() < 1e-20
+    for k in (torch.zeros(b), torch.ones(b), torch.arange(b) % 4, torch.full((b,), 3)):
+        k = k.long()
+        h_k = to_hartley(quarter_turn_real(real, k))
+        c_k = torch.stack([torch.rot90(c, int(kk), dims=(-1, -2)) for c, kk in zip(s["ctf"], k)])
+        r_k, t_k = quarter_turn_pose(s["rots"], s["shift"], k)
+        with torch.no_grad():
+            fit = slice_loss(s["dec"], r_k, t_k, s["z"], h_k, c_k, lat, mask).per_image
+            wrong = slice_loss(s["dec"], s["rots"], s["shift"], s["z"], h_k, c_k, lat, mask).per_image
+        assert fit.max() < 1e-20, (k, fit)
+        moved = k % 4 != 0
+        assert torch.all(wrong[moved] > 1e-6)
+        back_r, back_t = quarter_turn_pose(r_k, t_k, -k)
+        assert torch.allclose(back_r, s["rots"], atol=1e-14) and torch.allclose(back_t, s["shift"], atol=1e-14)
+    four = quarter_turn_real(quarter_turn_real(real, torch.full((b,), 2)), torch.full((b,), 2))
+    assert torch.equal(four, real)

@@ -149,6 +149,8 @@ def test_pose_table_is_refined_kept_and_distilled(tmp_path):
     (event,) = res.history.events
     before, after = event["view_error_median_deg"]
     assert before > 8 and after < before - 0.5, (before, after)  # the floor of a 16-px set is ~5-8 deg
+    rounds = [st for st in event["stages"] if st["stage"] == "local"]  # with ground truth: error per round
+    assert rounds and all(0 < st["view_error_median_deg"] < 90 for st in rounds)
     assert abs(event["spearman_pc1"][1]) > 0.5 > abs(event["spearman_pc1"][0])  # latent table vs untrained z
     final = read_poses(tmp_path / "run" / "poses.pkl")
     m = evaluate_run(final.rots, final.trans_frac, gt.rots, gt.trans_frac, D)
@@ -166,6 +168,6 @@ def test_pose_table_is_refined_kept_and_distilled(tmp_path):
     model = load_weights(tmp_path / "run")
     data = ParticleData(str(s.particles), ctf=str(s.ctf), preprocess_config=model.spec.preprocess_config,
                         normalization=model.spec.norm)
-    rots, shift_px, _ = search_poses(model, data, read_latents(tmp_path / "run" / "z.pkl").mu, n_bins=3)
+    rots, shift_px, _, _ = search_poses(model, data, read_latents(tmp_path / "run" / "z.pkl").mu, n_bins=3)
     ms = evaluate_run(rots, shift_px / D, gt.rots, gt.trans_frac, D)
     assert ms.rotations.view.median_deg < 0.5 * _random_baseline(gt.rots), ms.rotations.view.median_deg

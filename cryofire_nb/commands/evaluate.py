@@ -1,5 +1,6 @@
 """``cryofire-nb evaluate OUTDIR --gt-poses P.pkl [--gt-conf C.pkl | --gt-labels L.pkl]
-[--gt-vols DIR] -o DIR``: metrics of a trained run against ground truth.
+[--gt-vols DIR] -o DIR``: metrics of a trained run (or of ``cryofire-nb infer``'s output on
+other particles, with the run it names) against ground truth.
 
 Writes ``DIR/metrics.json`` (:func:`cryofire_nb.metrics.evaluate_run`: pose alignment,
 view / in-plane / geodesic errors, translation errors in pixels of the box d,
@@ -16,7 +17,7 @@ HELP = "evaluate a trained run against ground-truth poses, conformations and vol
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="output folder of `cryofire-nb train`")
+    p.add_argument("run", type=Path, help="output folder of `cryofire-nb train` or of `cryofire-nb infer`")
     p.add_argument("--gt-poses", required=True, help="true poses (.pkl)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--gt-conf", help="true continuous conformation per particle (.pkl)")

@@ -1,11 +1,14 @@
 """``cryofire-nb infer OUTDIR PARTICLES -o DIR``: poses and z of (unseen) particles in one
 encoder pass of a trained run, with the mirror decision made by the decoder's loss.
 
-Writes ``DIR/poses.pkl`` (cryoDRGN format, trans = shift / d) and ``DIR/z.pkl``
-((N, k) float32) and prints the throughput in images/s. With ``--search`` the poses come
-from a search against the trained decoder at each particle's inferred z instead
-(:func:`cryofire_nb.train.infer.search_poses`), and the encoder's go to
-``encoder_poses.pkl``. The images are preprocessed
+Writes ``DIR/poses.pkl`` (cryoDRGN format, trans = shift / d), ``DIR/z.pkl``
+((N, k) float32) and ``DIR/infer.yaml`` (the run, the particles, the throughput; lets
+``cryofire-nb evaluate DIR`` score the output against a ground truth) and prints the
+throughput in images/s. With ``--search`` the poses
+and z come from a search against the trained decoder, as the run's own tables were made
+(:func:`cryofire_nb.train.infer.search_poses`: each particle's z read off its image
+through the decoder, its pose refined against its own volume), and the encoder's go to
+``encoder_poses.pkl`` and ``encoder_z.pkl``. The images are preprocessed
 exactly as in training (same contrast inversion, window and normalisation). For a run
 trained with known poses the pose heads were never trained: only z.pkl is written.
 """
@@ -38,16 +41,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--no-amp", action="store_true", help="fp32 on a GPU too (default: bf16 autocast on a GPU)")
     p.add_argument("--search", action="store_true",
-                   help="poses by search against the trained decoder at each particle's inferred z (global "
-                        "search + local refinement, as the run's pose table) instead of the encoder's pose heads; "
-                        "slower, more accurate. encoder_poses.pkl keeps the encoder's")
+                   help="poses and z by search against the trained decoder (global search per z bin, then local "
+                        "rounds that re-read each particle's z through the decoder, as the run's pose table) "
+                        "instead of the encoder's heads; slower, more accurate. encoder_poses.pkl and "
+                        "encoder_z.pkl keep the encoder's")
     p.add_argument("--search-bins", type=int, default=8, help="z bins (decoder volumes) for --search (default 8)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
+    import yaml
+
     from ..errors import InputError
-    from ..io import Latents, Poses, write_latents, write_poses
+    from ..io import Latents, Poses, read_latents, write_latents, write_poses
+    from ..io._atomic import atomic_path
     from ..train.data import ParticleData
     from ..train.infer import infer_dataset, search_poses
     from ..train.run_model import load_weights
@@ -62,6 +69,13 @@ def main(args: argparse.Namespace) -> int:
     spec = model.spec
     if args.batch_size is None:
         args.batch_size = gpu_batch(spec.d) if device.type == "cuda" else CPU_BATCH
+    z_ref = None  # --search: the run's own z table defines the conformation coordinates
+    if args.search and spec.zdim and (args.run / "z.pkl").is_file():
+        z_ref = read_latents(args.run / "z.pkl").mu
+        if z_ref.reshape(len(z_ref), -1).shape[1] != spec.zdim:
+            raise InputError(args.run / "z.pkl", f"has {z_ref.reshape(len(z_ref), -1).shape[1]} columns but the "
+                             f"run's zdim is {spec.zdim}",
+                             "use the z.pkl that `cryofire-nb train` wrote to this folder")
     if spec.has_ctf and args.ctf is None:
         raise InputError(args.run / "weights.pt", "this run was trained with a CTF, so inference needs one",
                          "pass --ctf CTF.pkl for the particles")
@@ -73,14 +87,16 @@ def main(args: argparse.Namespace) -> int:
     amp = device.type == "cuda" and not args.no_amp
     result = infer_dataset(model, data, batch_size=args.batch_size, amp=amp, progress=args.progress)
     args.outdir.mkdir(parents=True, exist_ok=True)
-    write_latents(args.outdir / "z.pkl", Latents(result.z.reshape(len(result.z), -1)))
-    written = ["z.pkl"]
+    search = args.search and not spec.known_poses
+    z_name = "encoder_z.pkl" if search else "z.pkl"  # with --search, z.pkl is the search's
+    write_latents(args.outdir / z_name, Latents(result.z.reshape(len(result.z), -1)))
+    written = [z_name]
     if spec.known_poses:
         print("note: this run was trained with known poses; its pose heads are untrained, so no poses.pkl")
     else:
         enc = Poses.from_shift_px(result.rots, result.shift_px, spec.d)
         print(f"mirrored path won for {result.mirrored.mean():.1%} of the images")
-        if args.search:
+        if search:
             write_poses(args.outdir / "encoder_poses.pkl", enc)
             written.insert(0, "encoder_poses.pkl")
         else:
@@ -88,11 +104,22 @@ def main(args: argparse.Namespace) -> int:
             written.insert(0, "poses.pkl")
     print(f"inferred {len(result.z)} images in {result.seconds:.2f} s: {result.images_per_s:.0f} images/s "
           f"(device {device}, batch {args.batch_size}{', bf16' if amp else ''})")
-    if args.search and not spec.known_poses:
-        rots, shifts, seconds = search_poses(model, data, result.z, args.search_bins, progress=args.progress)
+    if search:
+        rots, shifts, z_new, seconds = search_poses(model, data, result.z, args.search_bins,
+                                                    progress=args.progress, z_ref=z_ref)
         write_poses(args.outdir / "poses.pkl", Poses.from_shift_px(rots, shifts, spec.d))
         written.insert(0, "poses.pkl")
+        write_latents(args.outdir / "z.pkl", Latents(z_new.reshape(len(z_new), -1)))
+        written.insert(1, "z.pkl")
         print(f"pose search against the decoder: {len(rots)} images in {seconds:.1f} s: "
               f"{len(rots) / max(seconds, 1e-9):.0f} images/s")
+    record = {"run": str(args.run.resolve()), "particles": str(args.particles), "ctf": args.ctf,
+              "ind": None if args.ind is None else str(Path(args.ind).resolve()), "search": search,
+              "encoder_images_per_s": round(result.images_per_s, 1), "device": str(device)}
+    if search:
+        record["search_images_per_s"] = round(len(rots) / max(seconds, 1e-9), 2)
+    with atomic_path(args.outdir / "infer.yaml") as tmp:  # lets `cryofire-nb evaluate DIR` find the run
+        tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+    written.append("infer.yaml")
     print(f"wrote {', '.join(str(args.outdir / w) for w in written)}")
     return 0

@@ -74,6 +74,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="fraction of the planned images after which the pose table is refined (default 0.15)")
     g.add_argument("--no-hetero-global", dest="hetero_global", action="store_false",
                    help="pose table: local refinement only, no repeated global search per z bin (small boxes)")
+    g.add_argument("--quarter-turns", action="store_true",
+                   help="pose table: the encoder learns the table from images turned by random quarter turns, "
+                        "targets turned to match (exact augmentation against memorising the training set; "
+                        "measured in 20 CPU minutes: smaller train/unseen gap, larger errors on both)")
     g = p.add_argument_group("ground truth (metrics logged during training)")
     g.add_argument("--gt-poses", help="true poses (.pkl)")
     conf = g.add_mutually_exclusive_group()
@@ -103,7 +107,7 @@ def config_from_args(args: argparse.Namespace):
         distill_poses=args.distill_poses, distill_images=args.distill_images,
         distill_until_deg=args.distill_until_deg if args.distill_until_deg > 0 else None,
         hetero_refine=args.hetero_refine, hetero_at_fraction=args.hetero_at_fraction,
-        hetero_global=args.hetero_global, gt_poses=args.gt_poses,
+        hetero_global=args.hetero_global, quarter_turns=args.quarter_turns, gt_poses=args.gt_poses,
         gt_conf=args.gt_conf, gt_labels=args.gt_labels, eval_every_images=args.eval_every_images,
         log_every_steps=args.log_every_steps, checkpoint_every_images=args.checkpoint_every_images,
         load=args.load, progress=args.progress,

@@ -100,6 +100,19 @@ def mirror_real(x: Tensor) -> Tensor:
     return torch.roll(x.flip(-1), 1, dims=-1)
 
 
+def quarter_turn_real(x: Tensor, k: Tensor) -> Tensor:
+    """Real images (b, d, d) turned by ``k`` (b,) quarter turns about the centre pixel
+    ``(d // 2, d // 2)``: one turn is ``I'(x, y) = I(-y, x)``, ``out[i, j] = x[j, (d - i) % d]``
+    (exact, no interpolation); the pose that goes with it is
+    :func:`cryofire_nb.rotations.quarter_turn_pose`."""
+    turned = [x]
+    for _ in range(3):
+        t = turned[-1].transpose(-1, -2)
+        turned.append(torch.roll(t.flip(-2), 1, dims=-2))
+    stack = torch.stack(turned, 1)  # (b, 4, d, d)
+    return stack[torch.arange(x.shape[0], device=x.device), k.to(x.device).long() % 4]
+
+
 def mirror_hartley(h: Tensor) -> Tensor:
     """x-mirror of symmetric Hartley images (b, m, m): ``kx -> -kx`` is a column flip."""
     return h.flip(-1)

@@ -1,6 +1,8 @@
 """Evaluate a finished run folder against ground truth (``cryofire-nb evaluate``).
 
 Reads ``OUTDIR/poses.pkl``, ``z.pkl``, ``weights.pt`` and ``config.yaml`` (for ``--ind``),
+or, for the output of ``cryofire-nb infer``, its poses and z with the run named in its
+``infer.yaml`` (the decoder for volumes, ``--ind`` from the infer call),
 the true poses, conformations (continuous ``conf.pkl`` or discrete ``labels.pkl``) and
 optionally the true volumes of a simulator folder, and computes
 :func:`cryofire_nb.metrics.evaluate_run`. Predicted volumes for the truth's volumes:
@@ -109,21 +111,28 @@ def evaluate_outdir(run: str | Path, gt_poses: str | Path, out: str | Path, gt_c
                     gt_labels: str | Path | None = None, gt_vols: str | Path | None = None,
                     device: str = "cpu") -> Evaluation:
     run, out = Path(run), Path(out)
-    for name in ("poses.pkl", "z.pkl", "weights.pt"):
+    for name in ("poses.pkl", "z.pkl"):
         if not (run / name).is_file():
-            raise InputError(run / name, "not found", "pass the output folder of a finished train run")
+            raise InputError(run / name, "not found", "pass the output folder of a finished train or infer run")
+    model_dir, ind_path = run, None
+    if (run / "config.yaml").is_file():  # a train run
+        ind_path = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("train", {}).get("ind")
+    elif (run / "infer.yaml").is_file():  # an infer output: the model is the run it names
+        record = yaml.safe_load((run / "infer.yaml").read_text()) or {}
+        model_dir, ind_path = Path(record.get("run", "")), record.get("ind")
+    if not (model_dir / "weights.pt").is_file():
+        raise InputError(model_dir / "weights.pt", "not found",
+                         "pass the output folder of a finished train run, or of an infer run whose train run "
+                         "still exists")
     if gt_conf is not None and gt_labels is not None:
         raise InputError(None, "--gt-conf and --gt-labels both given", "pass one of them")
     poses = read_poses(run / "poses.pkl")
     z = read_latents(run / "z.pkl").mu
     n = len(poses)
     ind = None
-    cfg_path = run / "config.yaml"
-    if cfg_path.is_file():
-        ind_path = (yaml.safe_load(cfg_path.read_text()) or {}).get("train", {}).get("ind")
-        if ind_path:
-            from ..io import read_indices
-            ind = read_indices(ind_path)
+    if ind_path:
+        from ..io import read_indices
+        ind = read_indices(ind_path)
     gt = read_poses(gt_poses)
     n_total = len(gt)
     gt_rots = _rows(gt_poses, gt.rots, n_total, ind, "ground-truth pose file")
@@ -133,7 +142,7 @@ def evaluate_outdir(run: str | Path, gt_poses: str | Path, out: str | Path, gt_c
                          "pass the ground truth of the particles the run was trained on")
     conf = None if gt_conf is None else _vector(gt_conf, n_total, ind, "conformation file").astype(np.float64)
     labels = None if gt_labels is None else _vector(gt_labels, n_total, ind, "label file").astype(np.int64)
-    model = load_weights(run, device)
+    model = load_weights(model_dir, device)
     d = model.spec.d
     pred_vols = truth = None
     if gt_vols is not None:

@@ -97,33 +97,62 @@ def infer_dataset(model: CryoFireModel, data: ParticleData, batch_size: int = 25
 
 
 @torch.no_grad()
-def search_poses(model: CryoFireModel, data: ParticleData, z: np.ndarray, n_bins: int = 8,
-                 progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """Poses of ``data``'s particles by search against the trained decoder instead of the
-    encoder: the particles are grouped in ``n_bins`` equal-count bins of PC1 of their
-    inferred ``z`` (N, k), the decoder's volume at each bin's mean z is rendered, and
-    every particle is searched globally and refined locally against its bin's volume
-    (:func:`cryofire_nb.hetero.search_volumes`). Slower than the encoder pass, and as
-    accurate as the run's refined pose table. Returns rotations (N, 3, 3), shifts (N, 2)
-    in pixels and the seconds it took."""
-    from ..hartley_data import HartleyData
-    from ..hetero import HeteroRefineConfig, pc1_bins, pc_map, search_volumes
+def decoder_basis(model: CryoFireModel, z_ref: np.ndarray, scale: float, n_samples: int | None = None,
+                  seed: int = 0):
+    """The trained decoder as a linear volume model ``V(a) = sum_k a_k B_k`` over the
+    principal-component scores ``a = [1, (z - mean) @ w]`` of ``z_ref`` (N, k) (the run's
+    own z table), by least squares over the decoder's volumes at ``n_samples`` (default
+    max(16, 4 (k + 1))) rows of ``z_ref``: exact for the voxel decoder (linear in z), the
+    best linear fit over the run's conformations for the hypervolume decoder. Returns the
+    Hartley basis (k + 1, m, m, m) times ``scale`` and the :class:`~cryofire_nb.hetero.PCMap`."""
+    from ..hetero import pc_map
     from ..search import real_to_hartley_volume
+
+    spec = model.spec
+    device = next(model.decoder.parameters()).device
+    z_ref = np.asarray(z_ref, dtype=np.float64).reshape(len(z_ref), -1)
+    if spec.zdim == 0 or z_ref.shape[1] == 0:
+        vol = real_to_hartley_volume(model.decoder.eval_volume(None).float()) * scale
+        return vol[None], pc_map(np.zeros((1, 0)), 0)
+    pcs = pc_map(z_ref, spec.zdim)
+    k1 = pcs.w.shape[1] + 1
+    n_samples = min(len(z_ref), n_samples or max(16, 4 * k1))
+    rows = np.random.default_rng(seed).choice(len(z_ref), size=n_samples, replace=False)
+    a = pcs.coefficients(z_ref[rows]).double()  # (S, K)
+    vols = torch.stack([real_to_hartley_volume(model.decoder.eval_volume(
+        torch.as_tensor(z_ref[r], dtype=torch.float32, device=device)).float()).double().cpu().reshape(-1)
+        for r in rows])  # (S, m^3)
+    basis = torch.linalg.lstsq(a, vols).solution  # (K, m^3)
+    m = spec.d + 1
+    return (basis * scale).float().reshape(k1, m, m, m).to(device), pcs
+
+
+def search_poses(model: CryoFireModel, data: ParticleData, z: np.ndarray, n_bins: int = 8,
+                 progress: bool = False, z_ref: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Poses and z of ``data``'s particles by search against the trained decoder instead
+    of the encoder, as the run's pose and latent tables were made
+    (:func:`cryofire_nb.hetero.search_basis`): the decoder as a linear model over the
+    principal components of the run's z table ``z_ref`` (default: ``z``) from
+    :func:`decoder_basis`; a global search of each of ``n_bins`` PC1 bins of the inferred
+    ``z`` (N, k) (the encoder's) against the volume at the bin's mean; local rounds in
+    which each particle's z is read off its image through the basis and its pose refined
+    against its own volume. Slower than the encoder pass, as accurate as the run's tables.
+    Returns rotations (N, 3, 3), shifts (N, 2) in pixels, z (N, k) and the seconds it took."""
+    from ..hartley_data import HartleyData
+    from ..hetero import HeteroRefineConfig, search_basis
 
     start = time.perf_counter()
     spec = model.spec
     device = data.lattice.coords.device
     hd = HartleyData.from_images(data, data.ctf_table, invert=spec.preprocess_config.invert_contrast, device=device)
     z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
-    coef = pc_map(z, 1).coefficients(z)
-    assign = pc1_bins(coef, n_bins if z.shape[1] else 1)
     scale = float(spec.norm.std) / hd.norm_std  # decoder (model units) -> hd units
-    vols = []
-    for b in range(int(assign.max()) + 1):
-        members = (assign == b).numpy()
-        zb = None
-        if spec.zdim > 0 and members.any():
-            zb = torch.as_tensor(z[members].mean(0), dtype=torch.float32, device=device)
-        vols.append(real_to_hartley_volume(model.decoder.eval_volume(zb).float()) * scale)
-    rots, shifts = search_volumes(hd, torch.stack(vols), assign, HeteroRefineConfig(), progress=progress)
-    return (rots.float().cpu().numpy(), shifts.float().cpu().numpy(), time.perf_counter() - start)
+    basis, pcs = decoder_basis(model, z if z_ref is None else z_ref, scale)
+    coef = pcs.coefficients(z).to(device)
+    rots, shifts, coef = search_basis(hd, basis, coef, HeteroRefineConfig(), n_bins=n_bins if spec.zdim else 1,
+                                      progress=progress)
+    a = coef[:, 1:].double().cpu()
+    z_new = (pcs.mean + a @ torch.linalg.pinv(pcs.w)).numpy() if spec.zdim else z
+    return (rots.float().cpu().numpy(), shifts.float().cpu().numpy(), z_new.astype(np.float32),
+            time.perf_counter() - start)

@@ -29,9 +29,9 @@ import torch
 from ..lattice import Lattice
 from ..model.encoder import EncoderOutput, sample_z
 from ..model.losses import kl_divergence, slice_loss, symmetric_loss
-from ..model.preprocess import mirror_real
+from ..model.preprocess import mirror_real, quarter_turn_real
 from ..model.schedule import PoseOnlyPhase
-from ..rotations import mirror_pose
+from ..rotations import mirror_pose, quarter_turn_pose
 from .data import Batch
 from .run_model import CryoFireModel
 
@@ -124,17 +124,32 @@ def known_pose_step(model: CryoFireModel, batch: Batch, rots: Tensor, shift_px: 
 def distill_step(model: CryoFireModel, batch: Batch, target: PoseTargets, lattice: Lattice, mask: Tensor,
                  images_seen: int, pose_only: PoseOnlyPhase, kl_weight: float, pose_weight: float,
                  shift_weight: float, generator: torch.Generator | None, z_target: Tensor | None = None,
-                 z_weight: float = 1.0) -> StepResult:
+                 z_weight: float = 1.0, quarter_turns: bool = False) -> StepResult:
     """With ``z_target`` (b, k) (the run's latent table) the decoder sees the table's z and
     the encoder's z is pulled towards it (squared error, on both paths: a mirror image
-    shows the same conformation)."""
-    out, outm = encode_both(model, batch.real)
+    shows the same conformation).
+
+    ``quarter_turns``: the encoder sees each image turned by a random number of quarter
+    turns in its plane, with the pose target turned to match (exact: a pixel permutation,
+    :func:`cryofire_nb.rotations.quarter_turn_pose`; the decoder's loss uses the original
+    image and target). Four exact copies of each image for the encoder, against
+    memorising the training set (its poses are returned turned back)."""
+    k = None
+    real = batch.real
+    if quarter_turns:
+        dev = generator.device if generator is not None else real.device
+        k = torch.randint(0, 4, (real.shape[0],), generator=generator, device=dev).to(real.device)
+        real = quarter_turn_real(real, k)
+        target_enc = PoseTargets(*quarter_turn_pose(target.rots, target.shift_px, k))
+    else:
+        target_enc = target
+    out, outm = encode_both(model, real)
     z = sample_z(out.z_mu, out.z_logvar, generator)
     zd = pose_only.decoder_z(z, images_seen, generator) if z_target is None else z_target
     sl = slice_loss(model.decoder, target.rots, target.shift_px, zd, batch.hartley, batch.ctf, lattice, mask)
     recon = sl.per_image.mean()
-    rm, tm = mirror_pose(target.rots, target.shift_px)
-    c1, s1 = pose_distance(out.rots, out.shift_px, target, shift_weight)
+    rm, tm = mirror_pose(target_enc.rots, target_enc.shift_px)
+    c1, s1 = pose_distance(out.rots, out.shift_px, target_enc, shift_weight)
     c2, s2 = pose_distance(outm.rots, outm.shift_px, PoseTargets(rm, tm), shift_weight)
     pose_loss = 0.5 * (pose_weight * (c1 + c2) + s1 + s2).mean()
     if z_target is not None:
@@ -143,8 +158,10 @@ def distill_step(model: CryoFireModel, batch: Batch, target: PoseTargets, lattic
     kl = _kl([out, outm])
     loss = recon + pose_loss + (kl_weight * kl if kl is not None else 0.0)
     no_mirror = torch.zeros(target.rots.shape[0], dtype=torch.bool, device=target.rots.device)
-    return StepResult(loss, recon, kl, pose_loss.detach(), sl.per_image.detach(),
-                      _first_hypothesis(out.rots).detach(), out.shift_px.detach(), no_mirror,
+    rots_out, shift_out = _first_hypothesis(out.rots).detach(), out.shift_px.detach()
+    if k is not None:
+        rots_out, shift_out = quarter_turn_pose(rots_out, shift_out.to(rots_out.dtype), -k)
+    return StepResult(loss, recon, kl, pose_loss.detach(), sl.per_image.detach(), rots_out, shift_out, no_mirror,
                       out.z_mu.detach())
 
 

@@ -275,7 +275,8 @@ class Trainer:
                 zt = None if self.z_table is None else torch.as_tensor(self.z_table[pos], device=self.device)
                 res = distill_step(self.model, batch, tgt, self.lattice, mask, st.images_seen, self.pose_only,
                                    cfg.resolved_kl_weight(), cfg.pose_loss_weight, cfg.shift_loss_weight, self.gen,
-                                   z_target=zt, z_weight=cfg.z_loss_weight)
+                                   z_target=zt, z_weight=cfg.z_loss_weight,
+                                   quarter_turns=cfg.quarter_turns and cfg.pose_table and self._table_final())
                 phase = "distill"
                 self._target_err = geodesic_distance_deg(res.rots.float(), tgt.rots.float()).detach().cpu()
             else:
@@ -438,6 +439,10 @@ class Trainer:
             cfg.resolve_schedules(self.d, max(st.images_seen, 1))
         return stopped_by
 
+    def _table_final(self) -> bool:
+        """The pose targets are the run's refined table (not yet the search's poses)."""
+        return bool(self.cfg.resolved.get("hetero_done"))
+
     def _hetero(self, limit_s: float | None) -> None:
         """Refine the pose targets against the conformation-dependent volume built from
         the encoder's current z (:func:`cryofire_nb.hetero.hetero_refine`); the voxel
@@ -457,9 +462,15 @@ class Trainer:
         print(f"heterogeneous refinement of the pose targets at {st.images_seen} images"
               + (f" (budget {budget / 60:.1f} min)" if budget is not None else ""), flush=True)
         hd = self._hartley_data()
+        monitor = None
+        if self.gt is not None:  # the median view error after every local round, in the event's stages
+            def monitor(r, s):
+                m = gt_metrics(r.float().cpu().numpy(), s.float().cpu().numpy(), None, self.gt, np.arange(self.n),
+                               self.d)
+                return {"view_error_median_deg": round(m.rotations.view.median_deg, 3)}
         res = hetero_refine(hd, torch.as_tensor(self.targets[0]), torch.as_tensor(self.targets[1]), inf.z,
                             HeteroRefineConfig(n_components=cfg.zdim, global_search=cfg.hetero_global, seed=cfg.seed),
-                            progress=cfg.progress, time_limit_s=budget)
+                            progress=cfg.progress, time_limit_s=budget, monitor=monitor)
         self.targets = (res.rots.float().cpu().numpy(), res.shifts_px.float().cpu().numpy())
         if cfg.zdim > 0:  # the latent table: z of each particle read off its image through the basis
             self.z_table = res.coefficients[:, 1:].float().cpu().numpy()
