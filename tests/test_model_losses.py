@@ -172,7 +172,7 @@ def test_quarter_turn_pose_maps_turned_images_exactly(setup):
     the centre pixel) fits the volume at quarter_turn_pose(R, t, k) as the original fits
     it at (R, t); its CTF turns with it. Used to augment the encoder's pose targets."""
     from cryofire_nb.fft import iht2_center
-    from cryofire_nb.model.preprocess import quarter_turn_real
+    from cryofire_nb.model.preprocess import quarter_turn_hartley, quarter_turn_real
     from cryofire_nb.rotations import quarter_turn_pose
     s = setup
     lat, mask = s["lat"], s["lat"].mask(D / 2 - 1)  # inside the disc: the setup's Nyquist edge is not symmetric
@@ -184,7 +184,8 @@ def test_quarter_turn_pose_maps_turned_images_exactly(setup):
     for k in (torch.zeros(b), torch.ones(b), torch.arange(b) % 4, torch.full((b,), 3)):
         k = k.long()
         h_k = to_hartley(quarter_turn_real(real, k))
-        c_k = torch.stack([torch.rot90(c, int(kk), dims=(-1, -2)) for c, kk in zip(s["ctf"], k)])
+        assert torch.allclose(quarter_turn_hartley(to_hartley(real), k), h_k, atol=1e-12)
+        c_k = quarter_turn_hartley(s["ctf"], k)
         r_k, t_k = quarter_turn_pose(s["rots"], s["shift"], k)
         with torch.no_grad():
             fit = slice_loss(s["dec"], r_k, t_k, s["z"], h_k, c_k, lat, mask).per_image

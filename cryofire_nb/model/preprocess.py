@@ -113,6 +113,13 @@ def quarter_turn_real(x: Tensor, k: Tensor) -> Tensor:
     return stack[torch.arange(x.shape[0], device=x.device), k.to(x.device).long() % 4]
 
 
+def quarter_turn_hartley(h: Tensor, k: Tensor) -> Tensor:
+    """Symmetric Hartley (or CTF) images (b, m, m) of the images turned by
+    :func:`quarter_turn_real`: the odd grid is centred, so a quarter turn is ``rot90``."""
+    stack = torch.stack([torch.rot90(h, j, dims=(-2, -1)) for j in range(4)], 1)  # (b, 4, m, m)
+    return stack[torch.arange(h.shape[0], device=h.device), k.to(h.device).long() % 4]
+
+
 def mirror_hartley(h: Tensor) -> Tensor:
     """x-mirror of symmetric Hartley images (b, m, m): ``kx -> -kx`` is a column flip."""
     return h.flip(-1)

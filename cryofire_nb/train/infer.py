@@ -20,8 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..lattice import Lattice
+from ..model.preprocess import quarter_turn_hartley, quarter_turn_real
 from ..model.schedule import PoseOnlyPhase
-from .data import ParticleData
+from ..rotations import quarter_turn_pose
+from .data import Batch, ParticleData
 from .run_model import CryoFireModel
 from .steps import amortised_step, known_pose_step
 
@@ -53,14 +55,25 @@ def autocast_for(device: torch.device, amp: bool):
 def infer_dataset(model: CryoFireModel, data: ParticleData, batch_size: int = 256,
                   radius_px: float | None = None, known: tuple[np.ndarray, np.ndarray] | None = None,
                   pose_only_active: bool = False, positions: np.ndarray | None = None,
-                  amp: bool = False, progress: bool = False) -> Inferred:
+                  amp: bool = False, progress: bool = False, turns: int = 1) -> Inferred:
     """Encode ``positions`` (default all particles) of ``data`` in order.
+
+    turns: 4 -> test-time hypotheses: each image is also encoded turned by 1, 2 and 3
+        quarter turns in its plane (exact pixel permutations; the Hartley image and CTF turn
+        with it), each answer mapped back to the original image
+        (:func:`cryofire_nb.rotations.quarter_turn_pose`), and the decoder's loss picks
+        among the 4 x 2 (mirror) hypotheses. Four times the work of one pass. Measured on
+        the d=32 continuous set (the encoder of a 20-min CPU run, 10,000 particles each):
+        median view error 28.9 -> 19.0 deg on unseen particles, 22.6 -> 17.8 on the
+        training set (the unseen/training gap 28% -> 7%).
 
     radius_px: loss disc for the mirror decision (default: the run's final radius, else d/2).
     known: (rots (N, 3, 3), shift_px (N, 2)) for a known-pose run (no mirror decision).
     pose_only_active: the decoder still expects noise for z (training ended in that phase):
         the mirror decision uses z = 0, the noise's mean.
     """
+    if turns not in (1, 4):
+        raise ValueError(f"turns must be 1 or 4, got {turns}")
     model.eval()
     lattice: Lattice = data.lattice
     spec = model.spec
@@ -80,10 +93,25 @@ def infer_dataset(model: CryoFireModel, data: ParticleData, batch_size: int = 25
                 kr = torch.as_tensor(known[0][pos], device=device)
                 ks = torch.as_tensor(known[1][pos], device=device)
                 res = known_pose_step(model, batch, kr, ks, lattice, mask, 0, pose_only, 0.0, None, sample=False)
+                r, sh = res.rots, res.shift_px
             else:
                 res = amortised_step(model, batch, lattice, mask, 0, pose_only, 0.0, None, sample=False)
-        rots.append(res.rots.float().cpu())
-        shifts.append(res.shift_px.float().cpu())
+                r, sh = res.rots.float(), res.shift_px.float()
+                for k in range(1, turns):
+                    kk = torch.full((len(pos),), k, device=device)
+                    turned = Batch(batch.index, quarter_turn_real(batch.real, kk),
+                                   quarter_turn_hartley(batch.hartley, kk),
+                                   None if batch.ctf is None else quarter_turn_hartley(batch.ctf, kk))
+                    rk = amortised_step(model, turned, lattice, mask, 0, pose_only, 0.0, None, sample=False)
+                    rr, ss = quarter_turn_pose(rk.rots.float(), rk.shift_px.float(), -kk)
+                    better = rk.per_image < res.per_image
+                    r = torch.where(better[:, None, None], rr, r)
+                    sh = torch.where(better[:, None], ss, sh)
+                    res = res._replace(per_image=torch.where(better, rk.per_image, res.per_image),
+                                       mirrored=torch.where(better, rk.mirrored, res.mirrored),
+                                       z_mu=torch.where(better[:, None], rk.z_mu, res.z_mu))
+        rots.append(r.float().cpu())
+        shifts.append(sh.float().cpu())
         zs.append(res.z_mu.float().cpu())
         mirrored.append(res.mirrored.cpu())
         losses.append(res.per_image.float().cpu())
