@@ -57,7 +57,7 @@ bench 64 10000 1000 "$TOOLS"
 if [ "${PROFILE:-1}" = 1 ]; then
     stage "profile D=64"
     timeout "$(left)" python3 bench/profile_gpu.py bench/out/bench_train_data_n10000_d64 --train-batches 64 128 256 \
-        --infer-batches 1024 4096 -o bench/out/gpu_profile_d64.json || echo "profile d=64: exit $?"
+        --infer-batches 1024 4096 --infer-turns 1 4 -o bench/out/gpu_profile_d64.json || echo "profile d=64: exit $?"
 fi
 stage "D=128: $TOOLS"
 bench 128 4000 500 "$TOOLS"

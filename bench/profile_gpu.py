@@ -13,7 +13,7 @@ initialisation), both are reported.
 Usage (a stack written by ``cryofire-nb simulate``, e.g. ``--box 64``)::
 
     python bench/profile_gpu.py DATA_DIR [DATA_DIR ...] [--device cuda] [--train-batches 64 128 256]
-        [--infer-batches 512 1024 2048] [-o OUT.json]
+        [--infer-batches 512 1024 2048] [--infer-turns 1 4] [-o OUT.json]
 
 Configuration: the demo's GPU model (paper encoder, hypervolume decoder, zdim 8); bf16
 autocast on cuda, fp32 on the CPU (``--no-amp`` for fp32 on cuda too).
@@ -114,15 +114,20 @@ def profile_training(data: Path, batches: list[int], device: str, amp: bool, rep
     return rows
 
 
-def profile_inference(data: Path, batches: list[int], device: str, amp: bool, workdir: Path) -> list[dict]:
+def profile_inference(data: Path, batches: list[int], device: str, amp: bool, workdir: Path,
+                      turns: tuple[int, ...] = (1,)) -> list[dict]:
+    """``turns`` 4: ``infer --quarter-turns`` (each image also encoded turned by 1-3
+    quarter turns, the decoder's loss picks the hypothesis)."""
     tr = trainer_for(data, 64, device, amp, workdir)
     rows = []
-    for b in batches:
-        passes = [infer_dataset(tr.model, tr.data, batch_size=b, radius_px=tr.d / 2, amp=tr.amp) for _ in range(2)]
-        row = {"d": tr.d, "batch": b, "amp": tr.amp, "images": len(tr.data),
-               "first_pass_images_per_s": passes[0].images_per_s, "images_per_s": passes[1].images_per_s}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+    for t in turns:
+        for b in batches:
+            passes = [infer_dataset(tr.model, tr.data, batch_size=b, radius_px=tr.d / 2, amp=tr.amp, turns=t)
+                      for _ in range(2)]
+            row = {"d": tr.d, "batch": b, "turns": t, "amp": tr.amp, "images": len(tr.data),
+                   "first_pass_images_per_s": passes[0].images_per_s, "images_per_s": passes[1].images_per_s}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 
@@ -133,6 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-amp", action="store_true", help="fp32 on cuda too")
     p.add_argument("--train-batches", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--infer-batches", type=int, nargs="+", default=[512, 1024, 2048])
+    p.add_argument("--infer-turns", type=int, nargs="+", default=[1], choices=[1, 4],
+                   help="1: one encoder pass; 4: infer --quarter-turns (default 1)")
     p.add_argument("--reps", type=int, default=10, help="timed calls per measurement (median)")
     p.add_argument("-o", "--out", type=Path, default=REPO / "bench" / "out" / "profile_gpu.json")
     args = p.parse_args(argv)
@@ -149,7 +156,8 @@ def main(argv=None) -> int:
             d_tag = folder.name
             result["train"] += profile_training(folder, args.train_batches, args.device, not args.no_amp,
                                                 args.reps, Path(tmp), args.out.with_name(f"ops_{d_tag}.txt"))
-            result["infer"] += profile_inference(folder, args.infer_batches, args.device, not args.no_amp, Path(tmp))
+            result["infer"] += profile_inference(folder, args.infer_batches, args.device, not args.no_amp, Path(tmp),
+                                                 tuple(args.infer_turns))
             args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
     return 0
