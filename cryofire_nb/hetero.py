@@ -26,7 +26,11 @@ ends at 3.0-3.3 deg. Given poses and a first z (the encoder's), this module
    bins of PC1 with the volume at the bin's mean scores: this removes the gross errors
    that consensus search makes on conformations far from the consensus;
 4. runs local refinement rounds with shrinking steps at a higher resolution, each
-   particle against its own ``V(a_i)`` (scores and basis updated before every round);
+   particle against its own ``V(a_i)`` (scores and basis updated before every round),
+   until a repeated step no longer lets the poses settle (``settle_fraction``: on a small
+   16-px set nearly every particle moves one step every round and the error grows round
+   after round, while the half-set FSC and the held-out residual keep *improving*, so
+   neither can stop it; the fraction of particles that still move can);
 5. fixes the relative frame of the conformations (``gauge``, before the rounds and at the
    end): rotating the volume of conformation ``a`` by ``Q(a)`` and the poses of its
    particles by ``Q(a)^T`` explains the images equally well, so the frames come out as the
@@ -79,7 +83,7 @@ class HeteroRefineConfig:
     grid: tuple[int, int] = (600, 30)  # view directions x in-plane angles of the global search
     max_shift_px: float = 1.5
     shift_step_px: float = 1.0
-    # local rounds: radius None -> d / 2 in hetero_refine (3 d / 8 in search_volumes). Measured
+    # local rounds: radius None -> d / 2. Measured
     # on the d=32 set from the same post-global poses (4 rounds 4/2/1/0.5 deg): radius 12 ->
     # 6.04 deg, 14 -> 5.92, 16 -> 5.85; more rounds at 2 and 1 deg keep helping (12 rounds at
     # radius 16: 5.46), rounds at 0.5 deg after those did not (< 0.02 deg each)
@@ -99,6 +103,17 @@ class HeteroRefineConfig:
     # table: none 6.13, ls 5.24, robust 5.19. The ground truth there superposes the states on
     # their rigid core, which is what "robust" approximates: a convention, not data
     gauge: str = "robust"
+    # convergence: a round at the same step as the one before that still moves more than this
+    # fraction of the particles is undone and the rounds stop (the poses are not settling:
+    # each round a random walk of one step, the volumes following). Measured fractions of
+    # particles whose rotation or shift changed: d=32, 10,000 images (converging, 6.1 -> 4.9
+    # deg before the final gauge fix): 0.97, 0.98 at the first 4- and 2-deg rounds, then
+    # 0.66, 0.41 at 2 deg, 0.96 at the first 1-deg round, then 0.49, 0.30, 0.22 (no round
+    # undone, the same table as without the rule); d=16, 600 images from an 8-deg start
+    # (drifting: 5.2 deg after the 4-deg round, 9.5 after all 8): 0.995, 0.985, then 0.93 at
+    # the repeated 2-deg step -> undone, 6.2 deg. RELION's auto-refine likewise stops when
+    # the changes in the angles stop shrinking.
+    settle_fraction: float = 0.9
     batch_size: int = 256
     seed: int = 0
 
@@ -368,22 +383,30 @@ def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor,
 
 
 def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, index: Tensor, step: float,
-                 cfg: HeteroRefineConfig, progress: bool, desc: str) -> None:
-    """One local refinement round; ``groups``: [(members, basis (K, m, m, m), coef (n_g, K))]."""
+                 cfg: HeteroRefineConfig, progress: bool, desc: str) -> float:
+    """One local refinement round; ``groups``: [(members, basis (K, m, m, m), coef (n_g, K))].
+    Returns the fraction of the particles whose pose changed (rotation or shift)."""
     dt, dev = data.x.dtype, data.x.device
     pert = perturbation_grid(step, 1, dtype=dt).to(dev)
     s_step = cfg.shift_step_ratio * step
     offs = shift_grid(s_step, s_step, dtype=dt).to(dev)
     bar = tqdm(total=sum(len(m) for m, _, _ in groups), desc=desc, disable=not progress)
+    moved = total = 0
     for members, basis, coef in groups:
         for i in range(0, len(members), cfg.batch_size):
             sl = members[i:i + cfg.batch_size]
             res = local_search_basis(data.x[sl], data.ctf[sl], basis, coef[i:i + cfg.batch_size], data.lattice,
                                      index, rots[sl], shifts[sl], pert, offs)
+            new_s = res.shifts_px[:, 0].clamp(-cfg.max_shift_px, cfg.max_shift_px)
+            same = ((res.rots[:, 0] - rots[sl]).abs().amax((-1, -2)) < 1e-6) & \
+                   ((new_s - shifts[sl]).abs().amax(-1) < 1e-6)
+            moved += int((~same).sum())
+            total += len(sl)
             rots[sl] = res.rots[:, 0]
-            shifts[sl] = res.shifts_px[:, 0].clamp(-cfg.max_shift_px, cfg.max_shift_px)
+            shifts[sl] = new_s
             bar.update(len(sl))
     bar.close()
+    return moved / max(total, 1)
 
 
 def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Tensor, members: Tensor,
@@ -408,33 +431,6 @@ def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Ten
         rhs = torch.einsum("bnk,bn->bk", cs[..., 1:], xs - cs[..., 0])
         out[i:i + batch_size] = torch.linalg.solve(a, rhs[..., None])[..., 0]
     return out
-
-
-def search_volumes(data: HartleyData, volumes: Tensor, assign, cfg: HeteroRefineConfig | None = None,
-                   progress: bool = True) -> tuple[Tensor, Tensor]:
-    """Poses of every particle of ``data`` by global search and local refinement against
-    a fixed volume per group: ``volumes`` (B, m, m, m) Hartley (in ``data``'s units),
-    ``assign`` (N,) the group of each particle. For particles that did not make the
-    volumes (e.g. a trained model's volumes at the particles' inferred z), so there is no
-    half-set split. Returns rotations (N, 3, 3) and shifts (N, 2) in pixels."""
-    cfg = cfg or HeteroRefineConfig()
-    dev, dt = data.x.device, data.x.dtype
-    n, d = data.n_particles, data.lattice.d
-    assign = torch.as_tensor(np.asarray(assign), device=dev).long()
-    if assign.shape != (n,) or int(assign.min()) < 0 or int(assign.max()) >= len(volumes):
-        raise ValueError(f"assign must give one of {len(volumes)} volumes for each of {n} particles")
-    volumes = volumes.to(device=dev, dtype=dt)
-    rots = torch.empty(n, 3, 3, dtype=dt, device=dev)
-    shifts = torch.zeros(n, 2, dtype=dt, device=dev)
-    groups = [(torch.nonzero(assign == b).squeeze(1), volumes[b]) for b in range(len(volumes))]
-    groups = [(m, v) for m, v in groups if len(m)]
-    _global_stage(data, groups, rots, shifts, cfg, progress, keep_better=False)
-    index = torch.nonzero(data.lattice.mask(cfg.refine_radius_px or 3 * d / 8, exclude_dc=True)).squeeze(1)
-    ones = torch.ones(n, 1, dtype=dt, device=dev)
-    for rnd, step in enumerate(cfg.refine_steps_deg):
-        _local_round(data, [(m, v[None], ones[m]) for m, v in groups], rots, shifts, index, step, cfg, progress,
-                     f"refine {rnd + 1} ({step:g} deg)")
-    return rots, shifts
 
 
 def search_basis(data: HartleyData, basis: Tensor, coef: Tensor, cfg: HeteroRefineConfig | None = None,
@@ -481,10 +477,16 @@ def search_basis(data: HartleyData, basis: Tensor, coef: Tensor, cfg: HeteroRefi
             coef[:, 1:] = estimate_latents(data, basis, rots, shifts, everyone, cfg.latent_prior)
 
     index = torch.nonzero(data.lattice.mask(cfg.refine_radius_px or d / 2, exclude_dc=True)).squeeze(1)
+    last_step = None
     for rnd, step in enumerate(cfg.refine_steps_deg):
         read_scores()
-        _local_round(data, [(everyone, basis, coef)], rots, shifts, index, step, cfg, progress,
-                     f"refine {rnd + 1} ({step:g} deg)")
+        before = (rots.clone(), shifts.clone())
+        moved = _local_round(data, [(everyone, basis, coef)], rots, shifts, index, step, cfg, progress,
+                             f"refine {rnd + 1} ({step:g} deg)")
+        if step == last_step and moved > cfg.settle_fraction:  # not settling: undo the round, stop
+            rots, shifts = before
+            break
+        last_step = step
     read_scores()
     return rots, shifts, coef
 
@@ -569,11 +571,17 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
             break
         t_r = time.time()
         bases = update_latents()
-        _local_round(data, [(halves[h], bases[h], coef[halves[h]]) for h in (0, 1)], rots, shifts, index, step,
-                     cfg, progress, f"hetero refine {rnd + 1} ({step:g} deg)")
+        before = (rots.clone(), shifts.clone())
+        moved = _local_round(data, [(halves[h], bases[h], coef[halves[h]]) for h in (0, 1)], rots, shifts, index,
+                             step, cfg, progress, f"hetero refine {rnd + 1} ({step:g} deg)")
         last = time.time() - t_r
         entry = {"stage": "local", "round": rnd, "step_deg": step, "radius_px": radius,
-                 "elapsed_s": time.time() - t0}
+                 "moved_fraction": round(moved, 4), "elapsed_s": time.time() - t0}
+        if rnd and step == cfg.refine_steps_deg[rnd - 1] and moved > cfg.settle_fraction:
+            rots, shifts = before  # a repeated step that still moves nearly every particle: a random walk
+            entry["stage"] = "local-undone"
+            hist.append(entry)
+            break
         if monitor is not None:
             entry.update(monitor(rots, shifts))
         hist.append(entry)

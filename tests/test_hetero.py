@@ -263,3 +263,24 @@ def test_gauge_fix_removes_a_frame_drift_with_the_conformation(hetero_set):
     before = evaluate_run(drifted.numpy(), None, gt.rots, None, D).rotations.geodesic.median_deg
     after = evaluate_run(fixed.numpy(), None, gt.rots, None, D).rotations.geodesic.median_deg
     assert before > 2.5 and after < 0.4 * before, (before, after)
+
+
+def test_rounds_that_do_not_settle_are_undone(hetero_set):
+    """A round at the same step as the previous one that still moves more than
+    settle_fraction of the particles is undone and the rounds stop (on this 16-px set the
+    poses random-walk: nearly every particle moves one step every round)."""
+    from dataclasses import replace
+    s, hd, t = hetero_set
+    gt = read_poses(s.poses)
+    start = _perturb(torch.as_tensor(gt.rots), 8.0, 7)
+    sh = torch.as_tensor(gt.shift_px(D)).float()
+    kept = []
+    cfg = HeteroRefineConfig(n_components=1, global_search=False, gauge="none", refine_steps_deg=(4.0, 2.0, 2.0, 2.0))
+    res = hetero_refine(hd, start, sh, t[:, None], cfg, progress=False,
+                        monitor=lambda r, s_: kept.append(r.clone()) or {})
+    stages = [h for h in res.history if h["stage"].startswith("local")]
+    assert [h["stage"] for h in stages][-1] == "local-undone", stages
+    assert stages[-1]["moved_fraction"] > cfg.settle_fraction and stages[-1]["step_deg"] == stages[-2]["step_deg"]
+    assert len(kept) == len(stages) - 1 and torch.equal(res.rots, kept[-1])  # the poses before the undone round
+    every = hetero_refine(hd, start, sh, t[:, None], replace(cfg, settle_fraction=1.01), progress=False)
+    assert [h["stage"] for h in every.history if h["stage"].startswith("local")] == ["local"] * 4

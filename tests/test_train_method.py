@@ -125,18 +125,18 @@ def test_distillation_ends_once_the_encoder_matches_the_targets(tmp_path):
 
 
 def test_pose_table_is_refined_kept_and_distilled(tmp_path):
-    """Default with pose targets: the targets (here the truth perturbed by 12 deg) are
+    """Default with pose targets: the targets (here the truth perturbed by 8 deg) are
     refined against the conformation-dependent volume once, kept as the run's poses, and
     distilled into the encoder for the whole run (no amortised phase). Local refinement
-    only: on this 16-px set the repeated global search does harm (6.9 -> 22 deg). From an
-    8-deg start the default 8-round schedule (tuned on the 32-px benchmark) ends worse on
-    this small set (6.9 -> 9.0 deg; the former 4 rounds at radius 3d/8: 6.2): a known
-    limitation of the schedule, so the start here is far enough off to need refining."""
+    only: on this 16-px set the repeated global search does harm (6.9 -> 22 deg). The
+    poses of this small set do not settle at 2 deg (each round moves nearly every
+    particle), so the rounds stop there (settle_fraction); all 8 rounds of the schedule
+    ended at 9.0 deg."""
     s = make_synthetic_set(tmp_path / "data", n=600, d=D, n_levels=3, snr=3.0, motion_px=4, seed=6)
     gt = read_poses(s.poses)
     g = torch.Generator().manual_seed(1)
     aa = torch.randn(len(gt.rots), 3, generator=g, dtype=torch.float64)
-    aa = aa / aa.norm(dim=1, keepdim=True) * np.radians(12)
+    aa = aa / aa.norm(dim=1, keepdim=True) * np.radians(8)
     from cryofire_nb.io import Poses, write_poses
     from cryofire_nb.rotations import axis_angle_to_matrix
     start = (axis_angle_to_matrix(aa) @ torch.as_tensor(gt.rots, dtype=torch.float64)).numpy()
@@ -148,7 +148,7 @@ def test_pose_table_is_refined_kept_and_distilled(tmp_path):
     assert phases == {"distill"}
     (event,) = res.history.events
     before, after = event["view_error_median_deg"]
-    assert before > 8 and after < before - 0.5, (before, after)  # the floor of a 16-px set is ~5-8 deg
+    assert before > 5 and after < before - 0.5, (before, after)  # the floor of a 16-px set is ~5-8 deg
     rounds = [st for st in event["stages"] if st["stage"] == "local"]  # with ground truth: error per round
     assert rounds and all(0 < st["view_error_median_deg"] < 90 for st in rounds)
     assert abs(event["spearman_pc1"][1]) > 0.5 > abs(event["spearman_pc1"][0])  # latent table vs untrained z
