@@ -183,7 +183,7 @@ def write_report(s: DemoSettings, anchor: dict, train_result, evaluation, cfg) -
             p = read_poses(enc)
             me = evaluate_run(p.rots, p.trans_frac, g.rots, g.trans_frac, m.image_size_px)
             lines.append(f"- the encoder's own poses (`train/encoder_poses.pkl`, what `infer` gives new particles "
-                         f"without --search): median view error {me.rotations.view.median_deg:.1f} deg, median "
+                         f"in one pass; `infer --quarter-turns` and `--search` do better): median view error {me.rotations.view.median_deg:.1f} deg, median "
                          f"translation error {_fmt(None if me.translations is None else me.translations.median_px)} px")
     for sv, name in zip(m.volumes or [], evaluation_names(evaluation)):
         lines.append(f"- {name}: correlation {sv.correlation:.3f}, FSC AUC {sv.fsc.auc:.3f}")
