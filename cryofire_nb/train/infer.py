@@ -155,6 +155,7 @@ def decoder_basis(model: CryoFireModel, z_ref: np.ndarray, scale: float, n_sampl
     return (basis * scale).float().reshape(k1, m, m, m).to(device), pcs
 
 
+@torch.no_grad()
 def search_poses(model: CryoFireModel, data: ParticleData, z: np.ndarray, n_bins: int = 8,
                  progress: bool = False, z_ref: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
