@@ -409,6 +409,13 @@ def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, 
     return moved / max(total, 1)
 
 
+def _unsettled(cfg: HeteroRefineConfig, rnd: int, moved: float) -> bool:
+    """Round ``rnd`` repeated the previous round's step and still moved more than
+    ``cfg.settle_fraction`` of the particles: the poses are not settling (see the config)."""
+    steps = cfg.refine_steps_deg
+    return rnd > 0 and steps[rnd] == steps[rnd - 1] and moved > cfg.settle_fraction
+
+
 def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Tensor, members: Tensor,
                      prior: float, batch_size: int = 512) -> Tensor:
     """Scores (n_m, K - 1) of the particles ``members`` that best explain each image
@@ -477,16 +484,14 @@ def search_basis(data: HartleyData, basis: Tensor, coef: Tensor, cfg: HeteroRefi
             coef[:, 1:] = estimate_latents(data, basis, rots, shifts, everyone, cfg.latent_prior)
 
     index = torch.nonzero(data.lattice.mask(cfg.refine_radius_px or d / 2, exclude_dc=True)).squeeze(1)
-    last_step = None
     for rnd, step in enumerate(cfg.refine_steps_deg):
         read_scores()
         before = (rots.clone(), shifts.clone())
         moved = _local_round(data, [(everyone, basis, coef)], rots, shifts, index, step, cfg, progress,
                              f"refine {rnd + 1} ({step:g} deg)")
-        if step == last_step and moved > cfg.settle_fraction:  # not settling: undo the round, stop
+        if _unsettled(cfg, rnd, moved):  # undo the round, stop
             rots, shifts = before
             break
-        last_step = step
     read_scores()
     return rots, shifts, coef
 
@@ -577,7 +582,7 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         last = time.time() - t_r
         entry = {"stage": "local", "round": rnd, "step_deg": step, "radius_px": radius,
                  "moved_fraction": round(moved, 4), "elapsed_s": time.time() - t0}
-        if rnd and step == cfg.refine_steps_deg[rnd - 1] and moved > cfg.settle_fraction:
+        if _unsettled(cfg, rnd, moved):
             rots, shifts = before  # a repeated step that still moves nearly every particle: a random walk
             entry["stage"] = "local-undone"
             hist.append(entry)
