@@ -236,6 +236,11 @@ def basis_slices(basis: Tensor, lat: Lattice, rots: Tensor, index: Tensor) -> Te
     return out.reshape(*rots.shape[:-2], index.numel(), k)
 
 
+def volume_at(basis: Tensor, a: Tensor) -> Tensor:
+    """The volume ``sum_k a[k] basis[k]`` (m, m, m) at the coefficients ``a`` (K,)."""
+    return torch.tensordot(a.to(basis.dtype), basis, dims=1)
+
+
 def own_slices(basis: Tensor, coef: Tensor, lat: Lattice, rots: Tensor, index: Tensor) -> Tensor:
     """Slices of each image's own volume ``sum_k coef[b, k] basis[k]``: rotations
     (b, p, 3, 3) -> (b, p, n). The volumes are combined first (b m^3 values), which is
@@ -334,7 +339,7 @@ def gauge_rotations(basis: Tensor, coef: Tensor, n_bins: int, robust: bool) -> T
         if not sel.any():
             continue
         a = coef[sel].mean(0)
-        vol = hartley_volume_to_real((basis * a[:, None, None, None].to(basis.dtype)).sum(0))
+        vol = hartley_volume_to_real(volume_at(basis, a))
         means.append(float(a[1]))
         omegas.append(matrix_to_axis_angle(superpose(vol, ref, robust).double()[None])[0])
     a1, om = torch.tensor(means, dtype=torch.float64), torch.stack(omegas).cpu()  # (B,), (B, 3)
@@ -475,7 +480,7 @@ def search_basis(data: HartleyData, basis: Tensor, coef: Tensor, cfg: HeteroRefi
         for b_ in range(int(bins.max()) + 1):
             members = torch.nonzero(bins == b_).squeeze(1)
             if len(members):
-                groups.append((members, (basis * coef[members].mean(0)[:, None, None, None]).sum(0)))
+                groups.append((members, volume_at(basis, coef[members].mean(0))))
         _global_stage(data, groups, rots, shifts, cfg, progress, keep_better=False)
     everyone = torch.arange(n, device=dev)
 
@@ -550,7 +555,7 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
             for b_ in range(cfg.n_bins):
                 members = halves[h][bin_of[halves[h]] == b_]
                 if len(members):
-                    groups.append((members, (bases[h] * coef[members].mean(0)[:, None, None, None]).sum(0)))
+                    groups.append((members, volume_at(bases[h], coef[members].mean(0))))
         _global_stage(data, groups, rots, shifts, cfg, progress)
         hist.append({"stage": "global", "radius_px": cfg.global_radius_px, "elapsed_s": time.time() - t0})
 
