@@ -76,9 +76,9 @@ def main(args: argparse.Namespace) -> int:
     z_ref = None  # --search: the run's own z table defines the conformation coordinates
     if args.search and spec.zdim and (args.run / "z.pkl").is_file():
         z_ref = read_latents(args.run / "z.pkl").mu
-        if z_ref.reshape(len(z_ref), -1).shape[1] != spec.zdim:
-            raise InputError(args.run / "z.pkl", f"has {z_ref.reshape(len(z_ref), -1).shape[1]} columns but the "
-                             f"run's zdim is {spec.zdim}",
+        z_ref = z_ref.reshape(len(z_ref), -1)
+        if z_ref.shape[1] != spec.zdim:
+            raise InputError(args.run / "z.pkl", f"has {z_ref.shape[1]} columns but the run's zdim is {spec.zdim}",
                              "use the z.pkl that `cryofire-nb train` wrote to this folder")
     if spec.has_ctf and args.ctf is None:
         raise InputError(args.run / "weights.pt", "this run was trained with a CTF, so inference needs one",
@@ -116,14 +116,14 @@ def main(args: argparse.Namespace) -> int:
         written.insert(0, "poses.pkl")
         write_latents(args.outdir / "z.pkl", Latents(z_new.reshape(len(z_new), -1)))
         written.insert(1, "z.pkl")
-        print(f"pose search against the decoder: {len(rots)} images in {seconds:.1f} s: "
-              f"{len(rots) / max(seconds, 1e-9):.0f} images/s")
+        search_rate = len(rots) / max(seconds, 1e-9)
+        print(f"pose search against the decoder: {len(rots)} images in {seconds:.1f} s: {search_rate:.0f} images/s")
     record = {"run": str(args.run.resolve()), "particles": str(args.particles), "ctf": args.ctf,
               "ind": None if args.ind is None else str(Path(args.ind).resolve()), "search": search,
               "quarter_turns": bool(args.quarter_turns), "encoder_images_per_s": round(result.images_per_s, 1),
               "device": str(device)}
     if search:
-        record["search_images_per_s"] = round(len(rots) / max(seconds, 1e-9), 2)
+        record["search_images_per_s"] = round(search_rate, 2)
     with atomic_path(args.outdir / "infer.yaml") as tmp:  # lets `cryofire-nb evaluate DIR` find the run
         tmp.write_text(yaml.safe_dump(record, sort_keys=False))
     written.append("infer.yaml")
