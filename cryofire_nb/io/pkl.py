@@ -12,6 +12,10 @@ latents       float32 ``(n, k)``; cryoDRGN's ``train_vae`` writes ``mu`` then
 indices       int64 ``(m,)`` of kept particle indices (0-based)
 ============  ==============================================================
 
+Pickles are read by :class:`DataUnpickler`, which rebuilds only numpy arrays, numpy
+scalars and plain Python containers and numbers: a pickle that names any other Python
+object (which could run code while loading) is refused with an InputError.
+
 Loaders take ``n_expected`` (the number of particles in the stack) and raise
 :class:`~cryofire_nb.errors.InputError` naming the file when counts differ; poses
 and CTF with NaN/inf are rejected. Writers are atomic.
@@ -32,8 +36,40 @@ _COUNT_FIX = ("it must describe the same particles, in the same order, as the pa
               "if the stack was filtered, pass the same --ind or filter this file with write-subset")
 
 
+# (module, name) pairs a cryoDRGN-format pickle may name. numpy arrays and scalars are
+# rebuilt through these functions (``_frombuffer``: protocol 5; ``_codecs.encode``: the
+# bytes of protocols 0-2); numpy 2 writes ``numpy._core``, numpy 1 ``numpy.core``.
+# Everything else a pickle can name is a callable run while loading, hence refused.
+_NUMPY_CORE = ("numpy.core", "numpy._core")
+SAFE_PICKLE_GLOBALS = frozenset(
+    {(f"{core}.multiarray", name) for core in _NUMPY_CORE for name in ("_reconstruct", "scalar")}
+    | {(f"{core}.numeric", "_frombuffer") for core in _NUMPY_CORE}
+    | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    | {("builtins", name) for name in ("tuple", "list", "dict", "int", "float", "complex", "str", "bytes", "bool")}
+)
+
+
+class DataUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds data only: numpy arrays and scalars, tuples, lists,
+    dicts, numbers, strings and bytes. Any other object raises :class:`InputError`
+    before it is created (``find_class`` runs before the object's constructor)."""
+
+    def __init__(self, file, path: str | Path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        # protocols 0-2 spell the builtins module by its Python 2 name
+        if (module.replace("__builtin__", "builtins"), name) not in SAFE_PICKLE_GLOBALS:
+            raise InputError(self.path, f"contains a Python object of type {module}.{name}, which a data file "
+                                        "does not need; refusing to load it (it could run code)",
+                             "pass a .pkl of numpy arrays written by cryoDRGN or cryofire_nb")
+        return super().find_class(module, name)
+
+
 def load_pickles(path: str | Path) -> list:
-    """All objects pickled one after another in ``path`` (usually one, two for z.pkl)."""
+    """All objects pickled one after another in ``path`` (usually one, two for z.pkl),
+    read with :class:`DataUnpickler`."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found", "check the path")
@@ -41,10 +77,13 @@ def load_pickles(path: str | Path) -> list:
     with open(path, "rb") as f:
         while True:
             try:
-                objects.append(pickle.load(f))
+                objects.append(DataUnpickler(f, path).load())
             except EOFError:
                 break
-            except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as err:
+            except InputError:  # a refused object is refused wherever it appears in the file
+                raise
+            except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError,
+                    IndexError, KeyError) as err:
                 if objects:  # trailing garbage after valid pickles: keep what was read
                     break
                 raise InputError(path, f"not a readable pickle file ({err})",

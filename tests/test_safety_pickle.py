@@ -1,0 +1,105 @@
+"""Pickle inputs are read as data only: an object whose unpickling would run code is refused
+before it runs, and every cryoDRGN-format pickle still loads."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryofire_nb.cli import main as cli_main
+from cryofire_nb.errors import InputError
+from cryofire_nb.io.pkl import load_pickles, read_ctf, read_indices, read_latents, read_poses
+
+
+class _RunsCommand:
+    """Unpickling this calls os.system, which would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _dump(path: Path, *objects) -> Path:
+    with open(path, "wb") as f:
+        for obj in objects:
+            pickle.dump(obj, f)
+    return path
+
+
+def test_pickle_that_runs_a_command_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "marker"
+    bad = _dump(tmp_path / "poses.pkl", _RunsCommand(marker))
+    with pytest.raises(InputError) as err:
+        read_poses(bad)
+    assert not marker.exists()
+    msg = str(err.value)
+    assert str(bad) in msg and "refusing to load it" in msg
+    assert "posix.system" in msg or "os.system" in msg or "nt.system" in msg
+
+
+def test_refused_object_after_a_valid_pickle_is_not_skipped(tmp_path):
+    # z.pkl holds two pickles; a second one that runs code must not pass as trailing garbage
+    marker = tmp_path / "marker"
+    bad = _dump(tmp_path / "z.pkl", np.zeros((3, 2), np.float32), _RunsCommand(marker))
+    with pytest.raises(InputError, match="refusing to load it"):
+        read_latents(bad)
+    assert not marker.exists()
+
+
+def test_cli_refuses_code_pickle_in_one_line(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    bad = _dump(tmp_path / "ind.pkl", _RunsCommand(marker))
+    star = tmp_path / "p.star"
+    star.write_text("data_\nloop_\n_rlnImageName\n1@a.mrcs\n2@a.mrcs\n")
+    rc = cli_main(["write-subset", str(star), "--ind", str(bad), "-o", str(tmp_path / "out.pkl")])
+    err = capsys.readouterr().err
+    assert rc == 2 and not marker.exists()
+    assert len(err.strip().splitlines()) == 1 and "refusing to load it" in err
+
+
+@pytest.mark.parametrize("obj", [
+    pickle.loads,  # a function
+    {"a": Path("/x")},  # a pathlib object inside a dict
+    np.array([1, Path("/x")], dtype=object),  # an object array pickles its items
+])
+def test_other_objects_are_refused(tmp_path, obj):
+    with pytest.raises(InputError, match="refusing to load it"):
+        load_pickles(_dump(tmp_path / "x.pkl", obj))
+
+
+@pytest.mark.parametrize("protocol", range(0, pickle.HIGHEST_PROTOCOL + 1))
+def test_numpy_arrays_scalars_and_builtins_load_with_every_protocol(tmp_path, protocol):
+    rots = np.tile(np.eye(3, dtype=np.float32), (4, 1, 1))
+    trans = np.zeros((4, 2), np.float32)
+    path = tmp_path / "p.pkl"
+    with open(path, "wb") as f:
+        pickle.dump((rots, trans), f, protocol=protocol)
+        pickle.dump([np.float32(1.5), np.int64(2), 1 + 2j, b"x", {"k": 1.0}, True, "s"], f, protocol=protocol)
+    poses = read_poses(path)
+    np.testing.assert_array_equal(poses.rots, rots)
+    other = load_pickles(path)[1]
+    assert other == [np.float32(1.5), np.int64(2), 1 + 2j, b"x", {"k": 1.0}, True, "s"]
+
+
+def test_indices_and_ctf_written_by_the_package_load(tmp_path):
+    from cryofire_nb.io.pkl import write_indices
+
+    write_indices(tmp_path / "i.pkl", [0, 2, 1])
+    np.testing.assert_array_equal(read_indices(tmp_path / "i.pkl"), [0, 2, 1])
+
+
+def test_cryodrgn_fixture_pickles_load(fixtures_dir):
+    files = sorted((fixtures_dir / "cryodrgn").glob("*.pkl"))
+    assert files
+    for path in files:
+        objs = load_pickles(path)
+        assert objs and isinstance(np.asarray(objs[0] if not isinstance(objs[0], tuple) else objs[0][0]),
+                                   np.ndarray)
+    read_ctf(fixtures_dir / "cryodrgn" / "ctf1.pkl")
+    read_poses(fixtures_dir / "cryodrgn" / "pose.star.pkl")
