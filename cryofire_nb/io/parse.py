@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import validate
 from ..errors import InputError
 from .cs import read_cs, require_fields
 from .records import CtfParams, Poses
@@ -33,6 +34,15 @@ from .star import StarTable, read_star
 class PosesAndCtf(NamedTuple):
     poses: Poses | None  # None when the file has no alignment columns
     ctf: CtfParams | None  # None when the file has no defocus columns
+
+
+# What to pass on the command line when the file's own value makes a CTF table unusable.
+_STAR_FIXES = {"pixel size": "pass the pixel size with --Apix (the file gives none usable)",
+               "voltage": "pass the voltage with --kv", "cs": "pass Cs in mm with --cs",
+               "amplitude contrast": "pass the amplitude contrast as a fraction in [0, 1], e.g. -w 0.1",
+               "box size": "pass the box size of the particle images with -D"}
+_CS_FIXES = {"pixel size": "pass the pixel size with --Apix (the file gives none usable)",
+             "box size": "pass the box size of the particle images with -D"}
 
 
 def _positive(path, value, flag: str):
@@ -118,6 +128,7 @@ def parse_star_poses_ctf(star: str | Path | StarTable, d: int | None = None,
                              else df["rlnPhaseShift"].to_numpy(np.float64) if "rlnPhaseShift" in cols else 0.0),
         )
         _finite(path, ctf.table, "CTF parameters")
+        validate.check_ctf_table(ctf.table, path, _STAR_FIXES)
 
     # ---- poses
     poses = None
@@ -194,6 +205,7 @@ def parse_cs_poses_ctf(cs: str | Path | np.ndarray, d: int | None = None,
             amplitude_contrast=table["ctf/amp_contrast"], phase_shift_deg=np.rad2deg(phase),
         )
         _finite(path, ctf.table, "CTF parameters")
+        validate.check_ctf_table(ctf.table, path, _CS_FIXES)
 
     poses = None
     if "alignments3D/pose" in names:

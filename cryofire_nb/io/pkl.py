@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import validate
 from ..errors import InputError
 from ._atomic import atomic_path
 from .records import CtfParams, Latents, Poses
-
-_COUNT_FIX = ("it must describe the same particles, in the same order, as the particle stack; "
-              "if the stack was filtered, pass the same --ind or filter this file with write-subset")
 
 
 # (module, name) pairs a cryoDRGN-format pickle may name. numpy arrays and scalars are
@@ -104,16 +102,7 @@ def _array(path: Path, obj, what: str) -> np.ndarray:
 
 def check_count(path: str | Path, n: int, n_expected: int | None, what: str) -> None:
     """Raise InputError if a file with ``n`` rows does not match ``n_expected`` particles."""
-    if n_expected is not None and n != n_expected:
-        raise InputError(path, f"{what} has {n} entries but the particle stack has {n_expected} images", _COUNT_FIX)
-
-
-def _check_finite(path: Path, arr: np.ndarray, what: str) -> None:
-    bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise InputError(path, f"{what} contains NaN or inf for {int(bad.sum())} particles (first: index {first})",
-                         "re-export the metadata, or drop those particles with write-subset --ind")
+    validate.check_count(path, n, n_expected, what)
 
 
 # --------------------------------------------------------------------------- poses
@@ -135,9 +124,9 @@ def read_poses(path: str | Path, n_expected: int | None = None) -> Poses:
         raise InputError(path, f"translations have shape {trans.shape}, expected ({rots.shape[0]}, 2)",
                          "pass a pose file written by parse-star/parse-cs or cryoDRGN")
     check_count(path, rots.shape[0], n_expected, "pose file")
-    _check_finite(path, rots.astype(np.float64), "rotations")
+    validate.check_rotations(rots, path)
     if trans is not None:
-        _check_finite(path, trans.astype(np.float64), "translations")
+        validate.check_shifts(trans, path)
     return Poses(rots, trans)
 
 
@@ -158,7 +147,7 @@ def read_ctf(path: str | Path, n_expected: int | None = None) -> CtfParams:
         raise InputError(path, f"CTF table has shape {table.shape}, expected (n, 9)",
                          "pass a CTF file written by parse-star/parse-cs or cryoDRGN")
     check_count(path, table.shape[0], n_expected, "CTF file")
-    _check_finite(path, table.astype(np.float64), "CTF table")
+    validate.check_ctf_table(table, path)
     return CtfParams(table)
 
 
@@ -185,6 +174,7 @@ def read_latents(path: str | Path, n_expected: int | None = None) -> Latents:
             raise InputError(path, f"second pickle (logvar) has shape {logvar.shape}, expected {mu.shape}",
                              "pass a z.pkl")
     check_count(path, mu.shape[0], n_expected, "latent file")
+    validate.check_latents(mu, path)
     return Latents(mu, logvar)
 
 
@@ -200,17 +190,7 @@ def write_latents(path: str | Path, latents: Latents) -> None:
 def read_indices(path: str | Path, n_total: int | None = None) -> np.ndarray:
     """Read kept-particle indices, int64 ``(m,)``; checked against ``n_total`` particles."""
     path = Path(path)
-    ind = _array(path, load_pickles(path)[0], "indices")
-    if ind.ndim != 1 or not (np.issubdtype(ind.dtype, np.integer) or ind.size == 0):
-        raise InputError(path, f"indices must be a 1-D integer array, got {ind.dtype} {ind.shape}",
-                         "pass an index .pkl (e.g. from write-subset or cryoDRGN filter)")
-    ind = ind.astype(np.int64)
-    if ind.size and ind.min() < 0:
-        raise InputError(path, f"negative index {int(ind.min())}", "indices are 0-based and non-negative")
-    if n_total is not None and ind.size and ind.max() >= n_total:
-        raise InputError(path, f"index {int(ind.max())} is out of range for {n_total} particles",
-                         "these indices were made for a different (larger) particle stack")
-    return ind
+    return validate.check_indices(_array(path, load_pickles(path)[0], "indices"), path, n_total)
 
 
 def write_indices(path: str | Path, ind) -> None:

@@ -33,6 +33,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from .. import validate
 from ..errors import InputError
 from .cs import blob_indices, blob_paths, read_cs
 from .mrc import MrcHeaderInfo, open_mrc_memmap, read_mrc_header
@@ -318,5 +319,11 @@ class ImageSource:
                                  f"{self.path}) contains NaN or inf values "
                                  f"({int((~finite).sum())} bad images in this read)",
                                  "remove those particles (write-subset --ind) or re-extract the stack")
+            if not getattr(self, "_warned_constant", False):
+                const = np.ptp(chunk.reshape(len(chunk), -1), axis=1) == 0
+                if const.any():  # warned once per source: a lazy source reads batch by batch
+                    self._warned_constant = True
+                    validate.warn(self.path, f"particle {int(idx[group[np.flatnonzero(const)[0]]])} is a constant "
+                                             "image (no signal); remove such particles with write-subset --ind")
             out[group] = chunk
         return out
