@@ -79,6 +79,16 @@ class AbinitConfig:
     batch_size_full: int = 256
     seed: int = 0
 
+    @classmethod
+    def for_box(cls, d: int, max_shift_px: float | None = None, **kw) -> "AbinitConfig":
+        """Settings for a d-px box: the EM and global stages keep their radii in pixels (a
+        low-resolution, coarse search whatever the box); the shift range follows the box
+        (:func:`cryofire_nb.hetero.default_search_shift_px`) unless ``max_shift_px``."""
+        from .hetero import default_search_shift_px
+
+        kw.setdefault("max_shift_px", default_search_shift_px(d) if max_shift_px is None else float(max_shift_px))
+        return cls(**kw)
+
     def __post_init__(self):
         if self.n_iterations < 1 or self.batch_size < 1:
             raise ValueError("n_iterations and batch_size must be positive")

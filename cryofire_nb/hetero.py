@@ -72,6 +72,16 @@ from .search import (SearchResult, global_search, hartley_volume_to_real, pertur
 Tensor = torch.Tensor
 
 
+def default_search_shift_px(d: int) -> float:
+    """Shift range of the pose search, +-pixels: 3/64 of the box and at least 1.5 px (1.5 px
+    at d <= 32, 3 at 64, 6 at 128; the simulator's configs at those sizes make shifts up to
+    these). The
+    exhaustive search costs in proportion to the number of shifts, (2 r / step + 1)^2:
+    D/8 (4 px) at d = 32 would make the global search nine times slower; pass
+    ``--max-shift`` for data whose particles are further off centre."""
+    return max(1.5, 3.0 * d / 64)
+
+
 @dataclass
 class HeteroRefineConfig:
     """Settings of :func:`hetero_refine` (defaults sized for d=32 on 2 CPU cores)."""
@@ -116,6 +126,27 @@ class HeteroRefineConfig:
     settle_fraction: float = 0.9
     batch_size: int = 256
     seed: int = 0
+
+    @classmethod
+    def for_box(cls, d: int, max_shift_px: float | None = None, **kw) -> "HeteroRefineConfig":
+        """Settings scaled to a d-px box from the ones measured at d = 32 (unchanged there).
+
+        The global search stays at radius 8 px with its grid (a coarse stage: at 8 px the
+        grid's 12-deg in-plane spacing moves the outermost slice points by ~1.7 px, as at
+        d = 32), so at larger boxes it amounts to a search on a Fourier-cropped copy; the
+        local rounds then run at the full box (radius d/2). Their schedule starts with the
+        measured d = 32 steps and is extended by halving (two rounds per step) until a step
+        moves the outermost slice point by at most half a pixel (``step <= 0.5 / r``
+        radians): sub-degree steps at d >= 64. Shifts: ``max_shift_px`` or
+        :func:`default_search_shift_px`."""
+        base = cls()
+        steps = list(base.refine_steps_deg)
+        finest = np.degrees(0.5 / (d / 2))
+        while steps[-1] > finest:
+            steps += [steps[-1] / 2] * 2
+        kw.setdefault("refine_steps_deg", tuple(steps))
+        kw.setdefault("max_shift_px", default_search_shift_px(d) if max_shift_px is None else float(max_shift_px))
+        return cls(**kw)
 
     def __post_init__(self):
         if self.n_components < 0 or self.n_bins < 1 or self.batch_size < 1:

@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     s = make_synthetic_set(root / "data", n=N, d=D, n_levels=3, snr=2.0, seed=6)
     run = root / "run"
-    rc = main(["train", str(s.particles), "--ctf", str(s.ctf), "-o", str(run), "--zdim", "2", "--epochs", "2",
+    rc = main(["train", str(s.particles), "--ctf", str(s.ctf), "-o", str(run), "--method", "amortised", "--zdim", "2", "--epochs", "2",
                "--encoder", "released", "--encoder-channels", "8", "16", "32", "--encoder-hidden", "32",
                "--decoder-hidden", "32", "--decoder-layers", "1", "--pe-dim", "4", "-b", "32", "--no-progress",
                "--gt-poses", str(s.poses), "--gt-conf", str(s.conf)])
@@ -98,7 +98,7 @@ def test_decoder_basis_is_linear_in_the_runs_z(trained, tmp_path):
     from cryofire_nb.train.infer import decoder_basis
     s, run = trained
     vox = tmp_path / "vox"
-    rc = main(["train", str(s.particles), "--ctf", str(s.ctf), "-o", str(vox), "--zdim", "2", "--epochs", "1",
+    rc = main(["train", str(s.particles), "--ctf", str(s.ctf), "-o", str(vox), "--method", "amortised", "--zdim", "2", "--epochs", "1",
                "--decoder", "voxel", "--encoder", "released", "--encoder-channels", "8", "16", "32",
                "--encoder-hidden", "32", "-b", "32", "--no-progress"])
     assert rc == 0

@@ -30,7 +30,7 @@ from cryofire_nb.train.synthetic import make_synthetic_set
 
 D = 16
 N = 256
-SMALL = dict(encoder="released", encoder_channels=[8, 16, 32], encoder_hidden=32, decoder="voxel",
+SMALL = dict(encoder="released", encoder_channels=[8, 16, 32], encoder_hidden=32, decoder="voxel", decoder_lr=1e-2,
              batch_size=32, lr=3e-3, progress=False, command_line="pytest")
 
 
@@ -91,6 +91,10 @@ def test_init_search_poses_become_distillation_targets(tmp_path, monkeypatch):
     @dataclass
     class AbinitConfig:
         seed: int = 0
+
+        @classmethod
+        def for_box(cls, d, max_shift_px=None, seed=0, **kw):
+            return cls(seed=seed)
 
     def run_abinit(data, cfg, time_limit_s=None, progress=True):
         calls["n"], calls["seed"] = data.n_particles, cfg.seed

@@ -30,7 +30,7 @@ def synth(tmp_path_factory):
 
 def tiny(synth, outdir, **kw) -> TrainConfig:
     """A small, fast model: released encoder with 8-16-32 channels, small hypervolume."""
-    base = dict(particles=str(synth.particles), ctf=str(synth.ctf), outdir=str(outdir), zdim=2,
+    base = dict(particles=str(synth.particles), ctf=str(synth.ctf), outdir=str(outdir), method="amortised", zdim=2,
                 encoder="released", encoder_channels=[8, 16, 32], encoder_hidden=32, decoder="hypervolume",
                 decoder_hidden=32, decoder_layers=1, pe_dim=4, batch_size=32, lr=3e-3, progress=False,
                 log_every_steps=2, command_line="pytest")

@@ -1,9 +1,15 @@
-"""``cryofire-nb train PARTICLES -o OUTDIR``: cryoFIRE training (amortised pose and
-conformation inference with a hypervolume or voxel decoder).
+"""``cryofire-nb train PARTICLES -o OUTDIR``: ab initio heterogeneous reconstruction.
+
+With no method flags it runs the best measured pipeline (``--method table``): voxel pose
+search, a pose and latent table refined against a conformation-dependent volume, and an
+amortised encoder distilled from the tables; the model and optimiser settings come from a
+preset chosen from the box size and the device (:mod:`cryofire_nb.train.presets`), printed
+and saved in ``config.yaml``. ``--method amortised`` runs the published recipe alone.
 
 Examples::
 
-    cryofire-nb train particles.mrcs --ctf ctf.pkl -o run1 --time-limit 10
+    cryofire-nb train particles.mrcs --ctf ctf.pkl -o run1 --time-limit 20
+    cryofire-nb train particles.mrcs --ctf ctf.pkl -o run_paper --method amortised --time-limit 10
     cryofire-nb train particles.star --ctf ctf.pkl --poses poses.pkl --zdim 8 -o run_known --epochs 20
     cryofire-nb train particles.mrcs --ctf ctf.pkl -o run1 --load run1/checkpoint.pt --epochs 40
 """
@@ -14,7 +20,7 @@ import argparse
 import shlex
 import sys
 
-HELP = "train cryoFIRE (amortised poses and conformations) on a particle stack"
+HELP = "ab initio heterogeneous reconstruction: pose and latent tables, an amortised encoder and a decoder"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -28,16 +34,29 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lazy", action="store_true", help="read images from disk on demand instead of into memory")
     g.add_argument("--uninvert-data", dest="invert_contrast", action="store_false",
                    help="do not invert contrast (data with dark particles, e.g. EMPIAR-10076)")
+    g = p.add_argument_group("method (defaults: the preset for the method, the box and the device)")
+    g.add_argument("--method", choices=("table", "amortised"),
+                   help="table: pose search, pose and latent tables refined against the conformation-dependent "
+                        "volume, encoder distilled from them (default without --poses); amortised: the published "
+                        "recipe alone (encoder poses from the start)")
+    g.add_argument("--n-basis", type=int, dest="n_basis",
+                   help="table method: conformational components of the volume basis (= columns of z; preset 2)")
+    g.add_argument("--max-shift", type=float, dest="max_shift_px",
+                   help="largest particle shift searched and predicted, pixels (default: 3/64 of the box for "
+                        "the search, 1/8 for the encoder)")
     g = p.add_argument_group("model")
-    g.add_argument("--zdim", type=int, default=8, help="latent dimension (0: homogeneous; default 8)")
+    g.add_argument("--zdim", type=int,
+                   help="latent dimension (0: homogeneous; table method: follows --n-basis; otherwise 8)")
     g.add_argument("--variational", action="store_true", help="variational z (adds the KL term)")
-    g.add_argument("--encoder", choices=("paper", "released"), default="paper",
-                   help="encoder variant: the paper's VGG-like CNN + MLP, or the released code's (default paper)")
-    g.add_argument("--encoder-hidden", type=int, default=256, help="encoder MLP / head width (default 256)")
+    g.add_argument("--encoder", choices=("paper", "released"),
+                   help="encoder variant: the paper's VGG-like CNN + MLP, or the released code's "
+                        "(preset: released for the table method, paper otherwise)")
+    g.add_argument("--encoder-hidden", type=int, help="encoder MLP / head width (preset: 128 table, 256 otherwise)")
     g.add_argument("--encoder-channels", type=int, nargs="+", help="conv widths, one per block")
     g.add_argument("--n-pose-hypotheses", type=int, default=1, help="rotation hypotheses per image (winner takes all)")
-    g.add_argument("--decoder", choices=("hypervolume", "voxel"), default="hypervolume",
-                   help="hypervolume MLP (paper) or an explicit voxel grid V0 + sum z_k U_k (default hypervolume)")
+    g.add_argument("--decoder", choices=("hypervolume", "voxel"),
+                   help="hypervolume MLP (paper) or an explicit voxel grid V0 + sum z_k U_k "
+                        "(preset: voxel for the table method, hypervolume otherwise)")
     g.add_argument("--decoder-hidden", type=int, default=256, help="hypervolume width (default 256)")
     g.add_argument("--decoder-layers", type=int, default=3, help="hypervolume residual layers (default 3)")
     g.add_argument("--pe-dim", type=int, help="Fourier features per axis (default d/2)")
@@ -46,10 +65,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--epochs", type=int, help="passes over the data (default 20 without other budget)")
     budget.add_argument("--max-images", type=int, help="images to see in total")
     g.add_argument("--time-limit", type=float, help="minutes of wall time for this invocation (outputs included)")
-    g.add_argument("-b", "--batch-size", type=int, default=64, help="batch size (default 64)")
-    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    g.add_argument("--decoder-lr", type=float, help="decoder learning rate (default: --lr; 1e-2 for voxel)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    g.add_argument("-b", "--batch-size", type=int, help="batch size (preset: table 16 on CPU, 128 on GPU; otherwise 64)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (preset: table 1e-3; otherwise 1e-4)")
+    g.add_argument("--decoder-lr", type=float, help="decoder learning rate (preset: table 3e-2; otherwise --lr, "
+                                                    "1e-2 for voxel)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: cuda when present)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--load", help="resume from OUTDIR/checkpoint.pt")
     g = p.add_argument_group("schedules (images seen)")
@@ -60,8 +80,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--march-start", type=float, default=3.0, help="initial loss-disc radius, px (default 3)")
     g = p.add_argument_group("pose initialisation")
     g.add_argument("--init-search", action="store_true",
-                   help="run the voxel pose search first, refine its poses against the conformation-dependent "
-                        "volume and keep them (pose table), distilling them into the encoder")
+                   help="same as --method table (the default without --poses)")
     g.add_argument("--distill-poses", help="distil these poses (.pkl) into the encoder instead of a search")
     g.add_argument("--distill-images", type=int, help="length of the distillation phase (default 60%% of the plan)")
     g.add_argument("--distill-until", type=float, default=10.0, dest="distill_until_deg",
@@ -95,6 +114,7 @@ def config_from_args(args: argparse.Namespace):
     from ..train import TrainConfig
 
     return TrainConfig(
+        method=args.method or "auto", n_basis=args.n_basis, max_shift_px=args.max_shift_px,
         particles=args.particles, outdir=args.outdir, ctf=args.ctf, poses=args.poses, ind=args.ind,
         datadir=args.datadir, lazy=args.lazy, invert_contrast=args.invert_contrast, zdim=args.zdim,
         variational=args.variational, encoder=args.encoder, encoder_hidden=args.encoder_hidden,

@@ -41,12 +41,13 @@ import yaml
 from .. import __version__
 from ..errors import InputError
 
+METHODS = ("auto", "table", "amortised", "known")
 ENCODERS = ("paper", "released")
 DECODERS = ("hypervolume", "voxel")
 DEFAULT_EPOCHS = 20
 VOXEL_LR = 1e-2  # Adam moves each voxel by ~lr per step; Hartley values are O(1) after normalisation
 # Settings a resumed run (--load) takes from its checkpoint rather than the command line.
-MODEL_FIELDS = ("invert_contrast", "zdim", "variational", "kl_weight", "encoder", "encoder_hidden",
+MODEL_FIELDS = ("method", "preset", "n_basis", "invert_contrast", "zdim", "variational", "kl_weight", "encoder", "encoder_hidden",
                 "encoder_channels", "n_pose_hypotheses", "max_shift_px", "decoder", "decoder_hidden",
                 "decoder_layers", "pe_dim", "lr", "decoder_lr", "seed", "pose_only_images",
                 "pose_only_fraction", "march_start_px", "march_step_px", "march_images_per_step",
@@ -68,25 +69,31 @@ class TrainConfig:
     datadir: str | None = None
     lazy: bool = False
     invert_contrast: bool = True
-    # model
-    zdim: int = 8
+    # method: "table" (pose search, pose and latent tables refined against a volume basis,
+    # encoder distilled from them), "amortised" (the published recipe alone) or "known"
+    # (given poses); "auto" -> "known" with --poses, else "table"
+    method: str = "auto"
+    # model (None: from the preset for the method, box and device, cryofire_nb.train.presets)
+    preset: str | None = None  # name of the preset that filled the None fields (set at run time)
+    zdim: int | None = None
+    n_basis: int | None = None  # conformational components of the pose table's volume basis
     variational: bool = False
     kl_weight: float | None = None  # None -> 1 / zdim (as cryoDRGN's beta)
-    encoder: str = "paper"
-    encoder_hidden: int = 256
+    encoder: str | None = None
+    encoder_hidden: int | None = None
     encoder_channels: list[int] | None = None  # None -> the variant's default widths
     n_pose_hypotheses: int = 1
     max_shift_px: float | None = None  # None -> d / 8
-    decoder: str = "hypervolume"
+    decoder: str | None = None
     decoder_hidden: int = 256
     decoder_layers: int = 3
     pe_dim: int | None = None  # None -> d / 2 (paper)
     # optimisation
-    batch_size: int = 64
-    lr: float = 1e-4
+    batch_size: int | None = None
+    lr: float | None = None
     decoder_lr: float | None = None  # None -> lr (hypervolume) or VOXEL_LR (voxel grid values)
     seed: int = 0
-    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto"
+    device: str = "auto"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when torch sees one)
     amp: bool | None = None  # None -> bf16 autocast on cuda, never on cpu
     # budget
     epochs: int | None = None
@@ -143,16 +150,36 @@ class TrainConfig:
         def bad(problem: str, fix: str) -> None:
             raise InputError(None, f"train settings: {problem}", fix)
 
-        if self.encoder not in ENCODERS:
+        if self.method not in METHODS:
+            bad(f"unknown method {self.method!r}", f"use one of {METHODS[1:]}")
+        if self.method == "auto":
+            self.method = "known" if self.poses is not None else "table"
+        if self.method == "known" and self.poses is None:
+            bad("the known-pose method needs --poses", "pass --poses POSES.pkl or another --method")
+        if self.method in ("table", "amortised") and self.poses is not None:
+            bad(f"--poses (known poses) cannot be combined with the {self.method} method",
+                "drop --poses for ab initio training, or drop --method")
+        if self.init_search and self.method == "known":
+            bad("--poses (known poses) cannot be combined with --init-search", "drop --poses for ab initio training")
+        if self.init_search and self.method == "amortised":
+            bad("--init-search runs the table method, not the amortised one", "pass only one of them")
+        if self.method == "table" and self.distill_poses is None and self.poses is None:
+            self.init_search = True  # the table starts from the voxel pose search
+        if self.encoder is not None and self.encoder not in ENCODERS:
             bad(f"unknown encoder {self.encoder!r}", f"use one of {ENCODERS}")
-        if self.decoder not in DECODERS:
+        if self.decoder is not None and self.decoder not in DECODERS:
             bad(f"unknown decoder {self.decoder!r}", f"use one of {DECODERS}")
-        if self.zdim < 0:
+        if self.zdim is not None and self.zdim < 0:
             bad(f"--zdim must be >= 0, got {self.zdim}", "pass e.g. --zdim 8")
+        if self.n_basis is not None and self.n_basis < 0:
+            bad(f"--n-basis must be >= 0, got {self.n_basis}", "pass e.g. --n-basis 2")
         if self.variational and self.zdim == 0:
             bad("a variational encoder needs --zdim > 0", "set --zdim or drop --variational")
-        if self.batch_size < 1 or not self.lr > 0 or (self.decoder_lr is not None and not self.decoder_lr > 0):
+        if (self.batch_size is not None and self.batch_size < 1) or (self.lr is not None and not self.lr > 0) \
+                or (self.decoder_lr is not None and not self.decoder_lr > 0):
             bad("--batch-size must be >= 1 and the learning rate > 0", "fix the values")
+        if self.max_shift_px is not None and not self.max_shift_px >= 0:
+            bad(f"--max-shift must be >= 0 pixels, got {self.max_shift_px}", "pass e.g. --max-shift 8")
         if self.epochs is not None and self.max_images is not None:
             bad("--epochs and --max-images both given", "pass only one of them")
         for name in ("epochs", "max_images"):
@@ -167,7 +194,7 @@ class TrainConfig:
                 bad(f"{name} must lie in [0, 1], got {getattr(self, name)}", "pass a fraction")
         if self.gt_conf is not None and self.gt_labels is not None:
             bad("--gt-conf and --gt-labels both given", "pass the one that matches the dataset")
-        if self.poses is not None and (self.init_search or self.distill_poses is not None):
+        if self.poses is not None and self.distill_poses is not None:
             bad("--poses (known poses) cannot be combined with --init-search / pose distillation",
                 "drop --poses for ab initio training")
         if self.init_search and self.distill_poses is not None:

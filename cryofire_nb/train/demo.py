@@ -116,25 +116,21 @@ def known_pose_anchor(data: Path, out: Path) -> dict:
 
 
 def train_config(s: DemoSettings, data: Path, cuda: bool):
+    """The demo's run: the default pipeline (the table method with the preset for the box
+    and the device), or with ``--no-init-search`` the plain amortised recipe."""
     from .config import TrainConfig
 
     minutes = s.minutes if s.minutes is not None else (8.0 if cuda else (6.0 if s.init_search else 3.0))
     common = dict(particles=str(data / "particles.mrcs"), outdir=str(s.out / "train"), ctf=str(data / "ctf.pkl"),
                   gt_poses=str(data / "poses.pkl"), gt_conf=str(data / "conf.pkl"), time_limit_min=minutes,
-                  seed=s.seed, device="cuda" if cuda else "cpu", init_search=s.init_search, progress=s.progress,
-                  eval_n_images=500, zdim=8, command_line="cryofire-nb demo (internal train call)")
-    if cuda:  # the paper's configuration
-        return TrainConfig(**common, encoder="paper", decoder="hypervolume", batch_size=128, lr=1e-4)
+                  seed=s.seed, device="cuda" if cuda else "cpu", progress=s.progress,
+                  eval_n_images=500, command_line="cryofire-nb demo (internal train call)")
     if s.init_search:
-        import math
-
-        from ..io import ImageSource
-        from .presets import ABINIT_CPU
-
-        d = ImageSource(data / "particles.mrcs").d  # the preset's widths are for d = 32: one per halving block
-        widths = [8 * 2 ** i for i in range(max(1, int(math.log2(d)) - 1))]
-        return TrainConfig(**{**common, **ABINIT_CPU, "encoder_channels": widths})
-    return TrainConfig(**common, encoder="released", encoder_hidden=128, decoder="voxel", batch_size=64, lr=1e-3)
+        return TrainConfig(**common, method="table")
+    if cuda:  # the paper's configuration
+        return TrainConfig(**common, method="amortised", batch_size=128)
+    return TrainConfig(**common, method="amortised", encoder="released", encoder_hidden=128, decoder="voxel",
+                       batch_size=64, lr=1e-3)
 
 
 def _fmt(x, spec=".3f") -> str:
@@ -154,7 +150,7 @@ def write_report(s: DemoSettings, anchor: dict, train_result, evaluation, cfg) -
         f"correlation {anchor['correlation']:.3f}, FSC AUC {anchor['fsc_auc']:.3f}, FSC=0.5 at "
         f"{_fmt(anchor['fsc_0_5_angstrom'], '.1f')} A. Figure: `{anchor['figure']}`.", "",
         "## Ab initio training", "",
-        f"Settings: encoder `{cfg.encoder}`, decoder `{cfg.decoder}`, zdim {cfg.zdim}, batch {cfg.batch_size}, "
+        f"Settings: method `{cfg.method}` (preset `{cfg.preset}`), encoder `{cfg.encoder}`, decoder `{cfg.decoder}`, zdim {cfg.zdim}, batch {cfg.batch_size}, "
         f"lr {cfg.lr}, time limit {cfg.time_limit_min} min, device {cfg.device}"
         + (", poses from the voxel search refined against the conformation-dependent volume (pose table, "
            "--init-search)" if cfg.pose_table else ", poses distilled from the voxel search (--init-search)"
@@ -232,4 +228,4 @@ def run_demo(s: DemoSettings) -> Path:
                                  gt_vols=data, device="cuda" if cuda else "cpu")
     s.timings_s["evaluate"] = time.perf_counter() - t
     s.timings_s["total"] = time.perf_counter() - t0
-    return write_report(s, anchor, result, evaluation, cfg)
+    return write_report(s, anchor, result, evaluation, result.config)

@@ -61,6 +61,9 @@ class History:
     eval: list[dict] = field(default_factory=list)
     final: dict | None = None  # metrics of the final poses (all particles) when truth is given
     events: list[dict] = field(default_factory=list)  # e.g. the heterogeneous pose refinement
+    # the encoder on particles it never trains on, against the pose table (no truth needed)
+    holdout: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def log(self, entry: LogEntry) -> None:
         self.train.append(_finite(asdict(entry)))
@@ -69,12 +72,13 @@ class History:
         self.eval.append(_finite(asdict(entry)))
 
     def to_dict(self) -> dict:
-        return {"train": self.train, "eval": self.eval, "final": self.final, "events": self.events}
+        return {"train": self.train, "eval": self.eval, "final": self.final, "events": self.events,
+                "holdout": self.holdout, "warnings": self.warnings}
 
     @classmethod
     def from_dict(cls, data: dict) -> "History":
         return cls(list(data.get("train", [])), list(data.get("eval", [])), data.get("final"),
-                   list(data.get("events", [])))
+                   list(data.get("events", [])), list(data.get("holdout", [])), list(data.get("warnings", [])))
 
     def write(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:

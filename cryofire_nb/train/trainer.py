@@ -42,11 +42,20 @@ from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig
 from .data import GroundTruth, ParticleData
 from .infer import autocast_for, infer_dataset
+from .presets import apply_preset
 from .monitor import EvalEntry, History, LogEntry, eval_entry, gt_metrics
 from .outputs import RunOutputs, write_config, write_outputs
 from .run_model import CryoFireModel, ModelSpec
 from .steps import PoseTargets, amortised_step, distill_step, known_pose_step, view_planarity
 
+#: Fraction of the particles the encoder never trains on in a pose-table run: it is scored
+#: on them against the table during training, which shows whether it generalises.
+HOLDOUT_FRACTION = 0.1
+#: Warn when the view directions' planarity (1: spread over the sphere, 0: on one great
+#: circle) falls below this: the spurious planar-symmetry minimum of amortised training.
+PLANARITY_WARN = 0.2
+#: Warn when the encoder's rotations are further than this from the pose table (median, deg).
+ENCODER_TABLE_WARN_DEG = 15.0
 NEVER = 10 ** 18  # schedule placeholder until a time-only budget is resolved
 PROBE_STEPS = 10  # steps timed before a time-only budget fixes its schedules
 # The first steps of a run are not timed for the budget: on a GPU they include CUDA's lazy
@@ -63,6 +72,7 @@ class TrainResult:
     train_images_per_s: float
     final_metrics: RunMetrics | None
     steady_images_per_s: float | None = None  # this run's steps after the first WARMUP_STEPS
+    config: TrainConfig | None = None  # the run's settings with the preset's values filled in
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,7 +94,27 @@ def _merge_resume(cfg: TrainConfig, ckpt: Checkpoint) -> TrainConfig:
     for name in MODEL_FIELDS:
         if name in ckpt.config:
             data[name] = ckpt.config[name]
+    if "method" not in ckpt.config:  # written before runs recorded their method
+        data["method"] = "known" if data.get("poses") else (
+            "table" if data.get("init_search") or data.get("distill_poses") else "amortised")
     return TrainConfig.from_dict(data)
+
+
+def settings_line(cfg: TrainConfig, d: int, device: torch.device) -> str:
+    """One line with the method, the preset and the settings it resolved."""
+    from ..hetero import default_search_shift_px
+
+    enc_shift = cfg.max_shift_px if cfg.max_shift_px is not None else d / 8
+    search_shift = cfg.max_shift_px if cfg.max_shift_px is not None else default_search_shift_px(d)
+    shift = f"{enc_shift:g} px" if enc_shift == search_shift or cfg.method != "table" else \
+        f"{search_shift:g} px searched, {enc_shift:g} px encoder"
+    line = (f"method {cfg.method}, preset {cfg.preset}: encoder {cfg.encoder}"
+            f"{'' if cfg.encoder_channels is None else ' ' + '-'.join(map(str, cfg.encoder_channels))}"
+            f" (hidden {cfg.encoder_hidden}), decoder {cfg.decoder}, zdim {cfg.zdim}")
+    if cfg.method == "table":
+        line += f", basis components {cfg.n_basis}"
+    return line + (f", batch {cfg.batch_size}, lr {cfg.lr:g}, decoder lr {cfg.resolved_decoder_lr():g}, "
+                   f"max shift {shift}, device {device} (all settings in config.yaml)")
 
 
 class Trainer:
@@ -104,6 +134,10 @@ class Trainer:
                                  preprocess_config=PreprocessConfig(invert_contrast=cfg.invert_contrast),
                                  normalization=None if spec0 is None else spec0.norm, device=self.device)
         d, n = self.data.d, len(self.data)
+        if cfg.preset is None:  # fill what the command line left open, then record it
+            cfg = apply_preset(cfg, d, self.device.type)
+            self.cfg = cfg
+        print(settings_line(cfg, d, self.device), flush=True)
         if spec0 is not None and spec0.d != d:
             raise InputError(cfg.load, f"checkpoint was trained on {spec0.d}-px images, the particles are {d} px",
                              "resume with the same particle stack")
@@ -135,6 +169,9 @@ class Trainer:
         self.history = History() if self.ckpt is None else History.from_dict(self.ckpt.history)
         self.state = TrainState() if self.ckpt is None else self.ckpt.state
         self.n, self.d = n, d
+        self.holdout = holdout_positions(n, cfg.seed) if cfg.pose_table else np.empty(0, dtype=np.int64)
+        self.train_positions = np.setdiff1d(np.arange(n), self.holdout)
+        self._next_holdout: int | None = None
         self._distill_ended_at: int | None = None
         self._target_err = None
         self._hd = None  # Hartley copy of the data for the search / refinement (built once)
@@ -215,7 +252,8 @@ class Trainer:
         print("init search: voxel pose search (cryofire_nb.abinit) ...", flush=True)
         hd = self._hartley_data()
         # with the heterogeneous refinement to follow, the consensus refinement rounds are skipped
-        acfg = AbinitConfig(seed=self.cfg.seed, refine_rounds=0) if self.cfg.pose_table else AbinitConfig(seed=self.cfg.seed)
+        kw = dict(refine_rounds=0) if self.cfg.pose_table else {}
+        acfg = AbinitConfig.for_box(self.d, self.cfg.max_shift_px, seed=self.cfg.seed, **kw)
         res = run_abinit(hd, acfg, time_limit_s=time_limit_s, progress=self.cfg.progress)
         rots = torch.as_tensor(res.rots).float().cpu().numpy()
         shifts = torch.as_tensor(res.shifts_px).float().cpu().numpy()
@@ -323,6 +361,13 @@ class Trainer:
             inferred = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), radius_px=radius,
                                      known=known, pose_only_active=self.pose_only.active(st.images_seen),
                                      amp=self.amp, progress=cfg.progress)
+        if len(self.holdout) and self.targets is not None:
+            self._score_holdout()
+            h = self.history.holdout[-1]
+            print(f"encoder vs pose table: median rotation difference {h['held_out_rotation_median_deg']:.1f} deg "
+                  f"on {len(self.holdout)} held-out particles, {h['training_rotation_median_deg']:.1f} deg on "
+                  "training particles", flush=True)
+        self._final_warnings(inferred.rots, encoder)
         final = None
         if self.gt is not None:
             final = gt_metrics(inferred.rots, inferred.shift_px, inferred.z, self.gt, np.arange(self.n), self.d)
@@ -337,7 +382,7 @@ class Trainer:
         self._checkpoint()
         rate = st.images_seen / max(st.train_seconds, 1e-9)
         steady = self._steady[0] / self._steady[1] if self._steady[1] > 0 else None
-        return TrainResult(outputs, st, self.history, stopped_by, rate, final, steady)
+        return TrainResult(outputs, st, self.history, stopped_by, rate, final, steady, cfg)
 
     def _budget_done(self) -> str | None:
         cfg, st = self.cfg, self.state
@@ -380,12 +425,12 @@ class Trainer:
                 if now + (step_time or 0.0) + reserve > limit_s:
                     stopped_by = "time_limit"
                     break
-            if st.batch_in_epoch >= self.data.batches_in_epoch(bs):
+            if st.batch_in_epoch >= -(-len(self.train_positions) // bs):
                 st.epoch += 1
                 st.batch_in_epoch = 0
                 continue
             if order_epoch != st.epoch:
-                order, order_epoch = self.data.epoch_order(cfg.seed, st.epoch), st.epoch
+                order, order_epoch = self._epoch_order(st.epoch), st.epoch
             pos = order[st.batch_in_epoch * bs:(st.batch_in_epoch + 1) * bs]
             if cfg.max_images is not None:
                 pos = pos[:cfg.max_images - st.images_seen]
@@ -424,6 +469,8 @@ class Trainer:
                 self._hetero(limit_s)
                 if next_eval is not None:
                     next_eval = st.images_seen  # evaluate the refined poses at the next step
+            if self._next_holdout is not None and st.images_seen >= self._next_holdout:
+                self._score_holdout()
             ck_imgs = cfg.checkpoint_every_images
             if (ck_imgs is not None and st.images_seen - last_ckpt_images >= ck_imgs) or \
                     (time.perf_counter() - last_ckpt_t) / 60 >= cfg.checkpoint_every_minutes:
@@ -438,6 +485,57 @@ class Trainer:
         if not cfg.resolved:  # stopped before the probe finished: fix schedules as they were
             cfg.resolve_schedules(self.d, max(st.images_seen, 1))
         return stopped_by
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """Training order of ``epoch``: all particles, or those outside the held-out set."""
+        if not len(self.holdout):
+            return self.data.epoch_order(self.cfg.seed, epoch)
+        perm = np.random.default_rng([int(self.cfg.seed), int(epoch)]).permutation(len(self.train_positions))
+        return self.train_positions[perm]
+
+    def _score_holdout(self) -> dict | None:
+        """The encoder's poses against the table on the held-out particles and on as many
+        training particles (median rotation difference, deg; shift difference, px)."""
+        if not len(self.holdout) or self.targets is None:
+            return None
+        cfg, st = self.cfg, self.state
+        rng = np.random.default_rng([int(cfg.seed), 17])
+        seen = np.sort(rng.choice(self.train_positions, size=min(len(self.holdout), len(self.train_positions)),
+                                  replace=False))
+        entry = {"images_seen": int(st.images_seen), "table": "refined" if self._table_final() else "search"}
+        for name, pos in (("held_out", self.holdout), ("training", seen)):
+            inf = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), positions=pos,
+                                amp=self.amp)
+            rot = geodesic_distance_deg(torch.as_tensor(inf.rots, dtype=torch.float64),
+                                        torch.as_tensor(self.targets[0][pos], dtype=torch.float64))
+            shift = np.linalg.norm(inf.shift_px - self.targets[1][pos], axis=1)
+            entry[f"{name}_rotation_median_deg"] = round(float(rot.median()), 3)
+            entry[f"{name}_shift_median_px"] = round(float(np.median(shift)), 4)
+        self.model.train()
+        self.history.holdout.append(entry)
+        planned = cfg.resolved.get("planned_images") if cfg.resolved else None
+        self._next_holdout = st.images_seen + max(cfg.batch_size, (planned or 10 * self.n) // 10)
+        return entry
+
+    def _warn(self, text: str) -> None:
+        self.history.warnings.append(text)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    def _final_warnings(self, rots: np.ndarray, encoder=None) -> None:
+        """Say in the log (and history.json) when the result shows a known failure."""
+        plan = view_planarity(torch.as_tensor(rots, dtype=torch.float64))
+        if plan < PLANARITY_WARN and self.cfg.method != "known":
+            self._warn(f"the view directions of the run's poses collapsed towards a great circle (planarity "
+                       f"{plan:.2f}; 1 for views spread over the sphere): the spurious planar-symmetry minimum "
+                       "of amortised training. The table method (the default, --method table) avoids it")
+        if encoder is not None and self.history.holdout:
+            last = self.history.holdout[-1]
+            far = last["held_out_rotation_median_deg"]
+            if far > ENCODER_TABLE_WARN_DEG:
+                self._warn(f"the encoder's rotations are {far:.1f} deg (median) from the pose table on particles "
+                           f"it did not train on ({last['training_rotation_median_deg']:.1f} deg on training "
+                           "particles): use the table (poses.pkl, z.pkl) for this set, and infer --refine or "
+                           "--search for new particles")
 
     def _table_final(self) -> bool:
         """The pose targets are the run's refined table (not yet the search's poses)."""
@@ -462,6 +560,7 @@ class Trainer:
         print(f"heterogeneous refinement of the pose targets at {st.images_seen} images"
               + (f" (budget {budget / 60:.1f} min)" if budget is not None else ""), flush=True)
         hd = self._hartley_data()
+        n_basis = cfg.n_basis if cfg.n_basis is not None else cfg.zdim
         monitor = None
         if self.gt is not None:  # the median view error after every local round, in the event's stages
             def monitor(r, s):
@@ -469,10 +568,11 @@ class Trainer:
                                self.d)
                 return {"view_error_median_deg": round(m.rotations.view.median_deg, 3)}
         res = hetero_refine(hd, torch.as_tensor(self.targets[0]), torch.as_tensor(self.targets[1]), inf.z,
-                            HeteroRefineConfig(n_components=cfg.zdim, global_search=cfg.hetero_global, seed=cfg.seed),
+                            HeteroRefineConfig.for_box(self.d, cfg.max_shift_px, n_components=n_basis,
+                                                       global_search=cfg.hetero_global, seed=cfg.seed),
                             progress=cfg.progress, time_limit_s=budget, monitor=monitor)
         self.targets = (res.rots.float().cpu().numpy(), res.shifts_px.float().cpu().numpy())
-        if cfg.zdim > 0:  # the latent table: z of each particle read off its image through the basis
+        if n_basis > 0:  # the latent table: z of each particle read off its image through the basis
             self.z_table = res.coefficients[:, 1:].float().cpu().numpy()
         grids = getattr(self.model.decoder, "grids", None)
         if grids is not None and tuple(res.basis.shape) == tuple(grids.shape):  # voxel decoder = the basis
@@ -480,6 +580,7 @@ class Trainer:
                 grids.copy_(res.basis.to(grids) * (hd.norm_std / self.data.normalization.std))
             self.opt.state.pop(grids, None)  # Adam's moments belong to the old grids
         cfg.resolved["hetero_done"] = True
+        self._next_holdout = st.images_seen
         seconds = time.perf_counter() - t_start
         event = {"images_seen": int(st.images_seen), "seconds": round(seconds, 1),
                  "stages": res.history, "config": res.config}
@@ -555,6 +656,13 @@ class Trainer:
         acc.clear()
         acc["t_start"] = st.train_seconds
         return entry
+
+
+def holdout_positions(n: int, seed: int, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
+    """Sorted positions of the particles held out from the encoder (a fixed function of
+    ``n`` and ``seed``, so a resumed run holds out the same ones); none below 10 particles."""
+    k = int(fraction * n) if n >= 10 else 0
+    return np.sort(np.random.default_rng([int(seed), 91]).choice(n, size=k, replace=False)).astype(np.int64)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
