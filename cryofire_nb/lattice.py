@@ -18,6 +18,13 @@ import torch
 Tensor = torch.Tensor
 
 
+def full_precision(t: Tensor):
+    """A context in which autocast is off on ``t``'s device: geometry (slice coordinates,
+    Fourier-feature and shift phases) stays in fp32 while the networks run in bf16; a
+    phase of 2 pi k.t in bf16 is off by up to ~0.4 rad."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 @dataclass
 class Lattice:
     """Symmetric lattice of an even box ``d``; coordinates in cycles/pixel."""
@@ -58,4 +65,6 @@ class Lattice:
     def slice_coords(self, rots: Tensor, index: Tensor | None = None) -> Tensor:
         """3-D frequencies of the central slices, (b, n', 3): ``[kx, ky, 0] @ R``."""
         c = self.coords if index is None else self.coords[index]
-        return c.to(rots.dtype) @ rots  # (b, n', 3)
+        with full_precision(rots):  # bf16 would misplace Nyquist points by ~0.25 voxel at d = 128
+            dtype = torch.promote_types(rots.dtype, torch.float32)
+            return c.to(dtype) @ rots.to(dtype)  # (b, n', 3)

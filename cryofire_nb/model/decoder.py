@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..fft import iht3_center
+from ..lattice import full_precision
 
 Tensor = torch.Tensor
 
@@ -106,8 +107,10 @@ class GaussianFourierFeatures(nn.Module):
         self.register_buffer("freqs", freqs.float())  # (p, 3)
 
     def forward(self, coords: Tensor) -> Tensor:
-        phase = coords @ self.freqs.T.to(coords.dtype)  # (..., p)
-        return torch.cat([torch.sin(phase), torch.cos(phase)], -1)
+        with full_precision(coords):
+            dtype = torch.promote_types(coords.dtype, torch.float32)
+            phase = coords.to(dtype) @ self.freqs.T.to(dtype)  # (..., p)
+            return torch.cat([torch.sin(phase), torch.cos(phase)], -1)
 
 
 class ResidualLayer(nn.Module):
