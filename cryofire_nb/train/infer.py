@@ -157,7 +157,8 @@ def decoder_basis(model: CryoFireModel, z_ref: np.ndarray, scale: float, n_sampl
 
 @torch.no_grad()
 def search_poses(model: CryoFireModel, data: ParticleData, z: np.ndarray, n_bins: int = 8,
-                 progress: bool = False, z_ref: np.ndarray | None = None
+                 progress: bool = False, z_ref: np.ndarray | None = None,
+                 start: tuple[np.ndarray, np.ndarray] | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Poses and z of ``data``'s particles by search against the trained decoder instead
     of the encoder, as the run's pose and latent tables were made
@@ -167,11 +168,13 @@ def search_poses(model: CryoFireModel, data: ParticleData, z: np.ndarray, n_bins
     ``z`` (N, k) (the encoder's) against the volume at the bin's mean; local rounds in
     which each particle's z is read off its image through the basis and its pose refined
     against its own volume. Slower than the encoder pass, as accurate as the run's tables.
+    ``start`` (rotations (N, 3, 3), shifts (N, 2) px, e.g. the encoder's): local rounds from
+    there, no global search (:func:`refine_poses`).
     Returns rotations (N, 3, 3), shifts (N, 2) in pixels, z (N, k) and the seconds it took."""
     from ..hartley_data import HartleyData
     from ..hetero import HeteroRefineConfig, search_basis
 
-    start = time.perf_counter()
+    t0 = time.perf_counter()
     spec = model.spec
     device = data.lattice.coords.device
     hd = HartleyData.from_images(data, data.ctf_table, invert=spec.preprocess_config.invert_contrast, device=device)
@@ -179,9 +182,56 @@ def search_poses(model: CryoFireModel, data: ParticleData, z: np.ndarray, n_bins
     scale = float(spec.norm.std) / hd.norm_std  # decoder (model units) -> hd units
     basis, pcs = decoder_basis(model, z if z_ref is None else z_ref, scale)
     coef = pcs.coefficients(z).to(device)
-    rots, shifts, coef = search_basis(hd, basis, coef, HeteroRefineConfig(), n_bins=n_bins if spec.zdim else 1,
-                                      progress=progress)
+    rots, shifts, coef = search_basis(hd, basis, coef, HeteroRefineConfig.for_box(spec.d),
+                                      n_bins=n_bins if spec.zdim else 1, progress=progress, start=start)
     a = coef[:, 1:].double().cpu()
     z_new = (pcs.mean + a @ torch.linalg.pinv(pcs.w)).numpy() if spec.zdim else z
     return (rots.float().cpu().numpy(), shifts.float().cpu().numpy(), z_new.astype(np.float32),
-            time.perf_counter() - start)
+            time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def decoder_losses(model: CryoFireModel, data: ParticleData, rots: np.ndarray, shift_px: np.ndarray,
+                   z: np.ndarray | None, batch_size: int = 256, radius_px: float | None = None) -> np.ndarray:
+    """The training objective (masked Hartley MSE of the decoder's slice times the CTF
+    against the shifted image) of the given poses and z, per particle (N,), at the run's
+    final radius (default) or ``radius_px``."""
+    from ..model.losses import slice_loss
+
+    model.eval()
+    lattice = data.lattice
+    device = lattice.coords.device
+    r = radius_px if radius_px is not None else (model.spec.final_radius_px or data.d / 2)
+    mask = lattice.mask(r, exclude_dc=True)
+    out = []
+    for i in range(0, len(data), batch_size):
+        pos = np.arange(i, min(i + batch_size, len(data)))
+        batch = data.batch(pos)
+        zz = None if z is None or model.spec.zdim == 0 else torch.as_tensor(z[pos], device=device).float()
+        sl = slice_loss(model.decoder, torch.as_tensor(rots[pos], device=device).float(),
+                        torch.as_tensor(shift_px[pos], device=device).float(), zz, batch.hartley, batch.ctf,
+                        lattice, mask)
+        out.append(sl.per_image.float().cpu())
+    return torch.cat(out).numpy()
+
+
+def refine_poses(model: CryoFireModel, data: ParticleData, encoded: Inferred, progress: bool = False,
+                 z_ref: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """Semi-amortised inference: the encoder's poses and z (``encoded``) refined by local
+    rounds against the decoder, each particle against its own volume
+    (:func:`search_poses` from ``start``), then, per particle, whichever of the encoder's
+    and the refined answer the decoder fits better (:func:`decoder_losses`), so a refined
+    pose is never worse by the decoder's loss. Returns rotations, shifts (px), z, the
+    seconds it took (encoder pass excluded) and the fraction of particles whose refined
+    answer was kept."""
+    start = time.perf_counter()
+    rots, shifts, z_new, _ = search_poses(model, data, encoded.z, progress=progress, z_ref=z_ref,
+                                          start=(encoded.rots, encoded.shift_px))
+    enc_loss = decoder_losses(model, data, encoded.rots, encoded.shift_px, encoded.z)
+    ref_loss = decoder_losses(model, data, rots, shifts, z_new)
+    better = ref_loss <= enc_loss
+    rots = np.where(better[:, None, None], rots, encoded.rots).astype(np.float32)
+    shifts = np.where(better[:, None], shifts, encoded.shift_px).astype(np.float32)
+    z_out = np.where(better[:, None], z_new.reshape(len(z_new), -1),
+                     encoded.z.reshape(len(encoded.z), -1)).astype(np.float32)
+    return rots, shifts, z_out, time.perf_counter() - start, float(better.mean())
