@@ -29,13 +29,13 @@ All computations run in float64 on the CPU; inputs may be numpy arrays or tensor
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+from ..rotations import geodesic_distance_deg
 
 Tensor = torch.Tensor
 
@@ -69,15 +69,8 @@ def project_to_so3(a: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- distances
 
-
-def geodesic_error_deg(r1: Tensor, r2: Tensor) -> Tensor:
-    """Rotation angle (degrees) of ``r1^T r2``: ``2 asin(||r1 - r2||_F / sqrt(8))``.
-
-    Equals ``acos((tr(r1^T r2) - 1) / 2)`` but stays accurate near 0 (float64 gives
-    ~1e-6 deg for identical rotations, where the acos form gives ~1e-6 rad at best).
-    """
-    diff = (r1 - r2).flatten(-2).norm(dim=-1)
-    return torch.rad2deg(2 * torch.asin((diff / math.sqrt(8.0)).clamp(max=1.0)))
+#: Rotation angle (degrees) of ``r1^T r2`` (one definition for the package).
+geodesic_error_deg = geodesic_distance_deg
 
 
 def view_error_deg(r1: Tensor, r2: Tensor) -> Tensor:
