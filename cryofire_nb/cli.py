@@ -8,12 +8,23 @@ Each subcommand lives in ``cryofire_nb/commands/<name>.py`` (``parse_star`` beco
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from . import __version__
 from .errors import InputError
+
+# Failures of the machine rather than of the program: reported in one line, no traceback.
+SYSTEM_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EACCES: "permission denied",
+                 errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
+                 errno.EDQUOT: "disk quota exceeded", errno.EIO: "input/output error"}
+SYSTEM_FIXES = {errno.ENOSPC: "free disk space or write to another disk",
+                errno.EDQUOT: "free space within your quota or write elsewhere",
+                errno.EIO: "check the disk (and its connection), then run again"}
 
 
 def _command_modules():
@@ -47,11 +58,41 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        rc = args._main(args)
+        with _one_line_warnings(args.command):
+            rc = args._main(args)
     except InputError as err:
         print(f"cryofire-nb {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in SYSTEM_ERRNOS:
+            raise  # anything else is a bug: keep its traceback
+        print(f"cryofire-nb {args.command}: error: {system_error_line(err)}", file=sys.stderr)
+        return 2
     return 0 if rc is None else int(rc)
+
+
+def system_error_line(err: OSError) -> str:
+    """``FILE: problem. Fix: ...`` for a disk-full / permission / read-only / I/O error."""
+    where = f"{err.filename}: " if err.filename else ""
+    fix = SYSTEM_FIXES.get(err.errno, "choose a location you can write to, or fix the permissions")
+    return f"{where}{SYSTEM_ERRNOS[err.errno]} ({err.strerror or err}). Fix: {fix}"
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """The package's warnings about the input as one line each on stderr, no source line."""
+    from .validate import InputWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning) or (category is UserWarning and "cryofire_nb" in str(filename)):
+            print(f"cryofire-nb {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    default = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":  # pragma: no cover

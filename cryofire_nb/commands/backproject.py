@@ -37,13 +37,23 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oversample", type=int, choices=(1, 2), default=2,
                         help="Fourier grid of oversample*D voxels per side (default 2; 1 needs 8x less memory)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def output_paths(out: Path) -> dict[str, Path]:
+    """The files one backprojection writes: the volume, two half-maps and the FSC."""
+    stem = out.with_suffix("")
+    return {"volume": out, "half_a": Path(f"{stem}.half_a.mrc"), "half_b": Path(f"{stem}.half_b.mrc"),
+            "csv": Path(f"{stem}.fsc.csv"), "png": Path(f"{stem}.fsc.png")}
 
 
 def _load_inputs(args):
     """Validate every input before any computation. Returns (source, selection, poses, ctf)."""
     from ..errors import InputError
+    from ..io.outputs_guard import guard_files
     from ..io.pkl import read_ctf, read_indices, read_poses
     from ..io.stack import ImageSource
+    from ..validate import check_ctf_matches_stack, check_device
 
     if args.output.suffix.lower() != ".mrc":
         raise InputError(args.output, "the output volume must be an .mrc file", "pass e.g. -o backproject.mrc")
@@ -51,6 +61,7 @@ def _load_inputs(args):
         raise InputError(None, f"--batch-size must be positive, got {args.batch_size}", "pass e.g. --batch-size 256")
     if args.wiener_snr is not None and not (args.wiener_snr > 0):
         raise InputError(None, f"--wiener-snr must be > 0, got {args.wiener_snr}", "pass e.g. --wiener-snr 0.1, or omit it")
+    args.device = str(check_device(args.device))
     src = ImageSource(args.particles, datadir=args.datadir, lazy=args.lazy)
     n_total = len(src)
     if src.d % 2:
@@ -76,6 +87,7 @@ def _load_inputs(args):
     if args.ctf is not None:
         ctf = read_ctf(args.ctf)
         ctf_rows = rows(args.ctf, len(ctf), "the CTF file")
+        check_ctf_matches_stack(ctf.table, args.ctf, src.d, src.pixel_size_angstrom, args.particles)
     if args.first is not None:
         if args.first < 1:
             raise InputError(None, f"--first must be positive, got {args.first}", "pass e.g. --first 10000")
@@ -83,6 +95,8 @@ def _load_inputs(args):
         ctf_rows = None if ctf_rows is None else ctf_rows[:args.first]
     if len(sel) < 2:
         raise InputError(args.particles, f"only {len(sel)} particle(s) selected", "half-maps need at least 2 particles")
+    guard_files(output_paths(args.output).values(),
+                [args.particles, args.poses, args.ctf, args.ind, *src.stack_paths], overwrite=args.overwrite)
     return src, sel, poses, pose_rows, ctf, ctf_rows
 
 
@@ -160,9 +174,8 @@ def main(args: argparse.Namespace) -> int:
     result = acc.finish(pixel_size)
 
     out = args.output
-    stem = out.with_suffix("")
-    names = {"half_a": Path(f"{stem}.half_a.mrc"), "half_b": Path(f"{stem}.half_b.mrc"),
-             "csv": Path(f"{stem}.fsc.csv"), "png": Path(f"{stem}.fsc.png")}
+    names = output_paths(out)
+    del names["volume"]
     with contextlib.ExitStack() as stack:  # every file is renamed into place only if all succeed
         tmp = {key: stack.enter_context(atomic_path(path)) for key, path in names.items()}
         tmp_vol = stack.enter_context(atomic_path(out))

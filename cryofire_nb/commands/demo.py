@@ -20,14 +20,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "amortised training, which needs far more images than the CPU demo sees")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier demo in the folder (its simulated data/ is reused)")
 
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import InputError
+    from ..io.outputs_guard import guard_folder
     from ..train.demo import DemoSettings, run_demo
 
     if args.minutes is not None and not args.minutes > 0:
         raise InputError(None, f"--minutes must be > 0, got {args.minutes}", "pass e.g. --minutes 3")
+    # data/ (the simulation) is a cache the demo reuses; its other products are results
+    guard_folder(args.outdir, [args.config], overwrite=args.overwrite,
+                 products=["REPORT.md", "train", "eval", "known_pose_*"])
     settings = DemoSettings(args.outdir, device=args.device, minutes=args.minutes, config=args.config,
                             init_search=args.init_search, seed=args.seed, progress=args.progress)
     report = run_demo(settings)

@@ -22,6 +22,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder")
     p.add_argument("--prefix", default="vol_", help="file name prefix (default vol_)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace volumes of the same names in the output folder")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -30,6 +31,7 @@ def main(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..io import read_latents, write_mrc
+    from ..io.outputs_guard import guard_folder
     from ..train.run_model import load_weights
     from ..train.trainer import resolve_device
 
@@ -44,6 +46,8 @@ def main(args: argparse.Namespace) -> int:
     if zs.shape[1] != k:
         raise InputError(source, f"gives {zs.shape[1]} numbers per latent vector, the run has zdim {k}",
                          f"pass {k} values" + (" (or none: the run is homogeneous)" if k == 0 else ""))
+    guard_folder(args.outdir, [args.run, args.zfile], overwrite=args.overwrite,
+                 products=[f"{args.prefix}{i:03d}.mrc" for i in range(len(zs))])
     dev = next(model.parameters()).device
     args.outdir.mkdir(parents=True, exist_ok=True)
     for i, z in enumerate(zs):

@@ -26,12 +26,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
                                      "vol_path_XX.mrc with sim_info.yaml)")
     p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace the metrics and figures of an earlier evaluation")
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..io.outputs_guard import guard_folder
     from ..train.evaluation import evaluate_outdir
     from ..train.trainer import resolve_device
 
+    guard_folder(args.outdir, [args.run, args.gt_poses, args.gt_conf, args.gt_labels, args.gt_vols],
+                 products=["metrics.json", "*.png"], overwrite=args.overwrite)
     result = evaluate_outdir(args.run, args.gt_poses, args.outdir, gt_conf=args.gt_conf, gt_labels=args.gt_labels,
                              gt_vols=args.gt_vols, device=str(resolve_device(args.device)))
     print("\n".join(result.metrics.summary_lines()))

@@ -51,6 +51,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "encoder_z.pkl keep the encoder's")
     p.add_argument("--search-bins", type=int, default=8, help="z bins (decoder volumes) for --search (default 8)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier infer in the folder")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -59,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import Latents, Poses, read_latents, write_latents, write_poses
     from ..io._atomic import atomic_path
+    from ..io.outputs_guard import guard_folder
     from ..train.data import ParticleData
     from ..train.infer import infer_dataset, search_poses
     from ..train.run_model import load_weights
@@ -68,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(None, f"--search-bins must be >= 1, got {args.search_bins}", "pass e.g. --search-bins 8")
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}", "pass e.g. -b 256")
+    guard_folder(args.outdir, [args.run, args.particles, args.ctf, args.ind], overwrite=args.overwrite,
+                 products=["poses.pkl", "z.pkl", "encoder_poses.pkl", "encoder_z.pkl", "infer.yaml"])
     device = resolve_device(args.device)
     model = load_weights(args.run, device)
     spec = model.spec

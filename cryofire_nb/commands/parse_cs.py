@@ -22,14 +22,17 @@ def add_args(parser) -> None:
     parser.add_argument("--Apix", type=float, dest="apix", help="pixel size in Angstrom (default: blob/psize_A)")
     parser.add_argument("--poses", metavar="OUT.pkl", help="output pose pickle (rots, trans)")
     parser.add_argument("--ctf", metavar="OUT.pkl", help="output CTF pickle (n, 9)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def main(args) -> None:
     from ..io.parse import parse_cs_poses_ctf
+    from ..io.outputs_guard import guard_files
     from ..io.pkl import write_ctf, write_poses
 
     if not args.poses and not args.ctf:
         raise InputError(args.cs, "no output requested", "pass --poses OUT.pkl and/or --ctf OUT.pkl")
+    guard_files([args.poses, args.ctf], [args.cs], overwrite=args.overwrite)
     result = parse_cs_poses_ctf(args.cs, d=args.d, pixel_size_angstrom=args.apix)
     if args.poses and result.poses is None:
         raise InputError(args.cs, "has no alignments3D/pose field",

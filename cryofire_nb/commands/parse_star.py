@@ -28,14 +28,17 @@ def add_args(parser) -> None:
     parser.add_argument("--ps", type=float, help="phase shift in degrees (default: from the file, else 0)")
     parser.add_argument("--poses", metavar="OUT.pkl", help="output pose pickle (rots, trans)")
     parser.add_argument("--ctf", metavar="OUT.pkl", help="output CTF pickle (n, 9)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def main(args) -> None:
     from ..io.parse import parse_star_poses_ctf
+    from ..io.outputs_guard import guard_files
     from ..io.pkl import write_ctf, write_poses
 
     if not args.poses and not args.ctf:
         raise InputError(args.star, "no output requested", "pass --poses OUT.pkl and/or --ctf OUT.pkl")
+    guard_files([args.poses, args.ctf], [args.star], overwrite=args.overwrite)
     result = parse_star_poses_ctf(args.star, d=args.d, pixel_size_angstrom=args.apix, amplitude_contrast=args.w,
                                   voltage_kv=args.kv, cs_mm=args.cs, phase_shift_deg=args.ps)
     if args.poses and result.poses is None:

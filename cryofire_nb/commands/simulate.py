@@ -21,6 +21,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import InputError
+    from ..io.outputs_guard import guard_folder
     from ..simulate import SimConfig, simulate_dataset
 
     for flag, value, minimum in (("--n-particles", args.n_particles, 1), ("--seed", args.seed, 0),
@@ -30,6 +31,8 @@ def main(args: argparse.Namespace) -> int:
     if args.box is not None and args.box % 2:
         raise InputError(None, f"--box must be even, got {args.box}", "pass an even box size, e.g. --box 64")
     config = SimConfig.from_yaml(args.config)
+    # the whole folder is replaced: none of the inputs may live anywhere inside it
+    guard_folder(args.outdir, [args.config, *config.structures], overwrite=args.overwrite, replaces_folder=True)
     changes = {k: v for k, v in (("n_particles", args.n_particles), ("seed", args.seed)) if v is not None}
     if args.box is not None and args.box != config.d:
         scale = config.d / args.box

@@ -72,6 +72,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: cuda when present)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--load", help="resume from OUTDIR/checkpoint.pt")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in OUTDIR (not needed to resume with --load "
+                        "OUTDIR/checkpoint.pt)")
     g = p.add_argument_group("schedules (images seen)")
     g.add_argument("--pose-only-images", type=int,
                    help="length of the pose-only phase (default 40%% of the planned images)")
@@ -135,9 +138,15 @@ def config_from_args(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..io.outputs_guard import guard_folder
     from ..train import train
+    from ..train.outputs import RUN_FILES
     from ..train.trainer import WARMUP_STEPS
 
+    if guard_folder(args.outdir, [args.particles, args.ctf, args.poses, args.ind, args.distill_poses, args.gt_poses,
+                                  args.gt_conf, args.gt_labels, args.load],
+                    products=RUN_FILES, overwrite=args.overwrite, resume_from=args.load):
+        print(f"resuming in {args.outdir}: its outputs will be replaced", flush=True)
     result = train(config_from_args(args))
     st = result.state
     steady = "" if result.steady_images_per_s is None else \

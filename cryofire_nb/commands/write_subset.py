@@ -25,6 +25,7 @@ def add_args(parser) -> None:
     parser.add_argument("--ind", required=True, metavar="IND.pkl", help="int64 indices of the particles to keep")
     parser.add_argument("-o", dest="out", required=True, metavar="OUT", help="output .star, .cs or .pkl")
     parser.add_argument("--datadir", help="folder holding the stacks (only to count images of a .txt)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _count(path: Path, datadir) -> int:
@@ -42,6 +43,7 @@ def _count(path: Path, datadir) -> int:
 
 def main(args) -> None:
     from ..io.cs import read_cs, write_cs
+    from ..io.outputs_guard import guard_files
     from ..io.pkl import read_indices, write_indices
     from ..io.star import read_star, write_star
 
@@ -52,6 +54,7 @@ def main(args) -> None:
     if out_kind in (".star", ".cs") and in_kind != out_kind:
         raise InputError(src, f"cannot write a {out_kind} subset of a {in_kind or 'suffix-less'} file",
                          f"give a {out_kind} input, or write an index .pkl")
+    guard_files([out], [src, args.ind], overwrite=args.overwrite)
     if out_kind == ".star":
         table = read_star(src)
         ind = read_indices(args.ind, n_total=len(table))

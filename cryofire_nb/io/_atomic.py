@@ -33,7 +33,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        names_no_output = getattr(err, "filename", None) is None or str(err.filename) == str(tmp)
+        if isinstance(err, OSError) and err.errno is not None and names_no_output:
+            # a full disk while writing names no file, or the temporary one: name the output
+            raise OSError(err.errno, err.strerror or str(err), str(final)) from err
         raise

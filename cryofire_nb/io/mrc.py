@@ -20,6 +20,8 @@ chunk through a memory map, for outputs larger than RAM.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +202,23 @@ class StackWriter:
         header.rms = float(np.sqrt(max(self._sumsq / count - mean * mean, 0.0)))
 
 
+def reserve_disk_space(path: str | Path) -> None:
+    """Allocate the blocks of file ``path`` at its current size now. A memory-mapped file is
+    created sparse, and a page written to a full disk later kills the process (SIGBUS)
+    instead of raising; reserving the space turns a full disk into OSError(ENOSPC) here,
+    before any work."""
+    if not hasattr(os, "posix_fallocate"):  # not on every platform: keep the plain behaviour
+        return
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                return  # a file system without allocation: nothing to reserve
+            raise OSError(err.errno, err.strerror, str(path)) from err
+
+
 @contextlib.contextmanager
 def open_stack_writer(path: str | Path, n: int, d: int,
                       pixel_size_angstrom: float | None) -> Iterator[StackWriter]:
@@ -211,6 +230,7 @@ def open_stack_writer(path: str | Path, n: int, d: int,
     with atomic_path(path) as tmp:
         mrc = mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True)
         try:
+            reserve_disk_space(tmp)
             _prepare_header(mrc, True, 3, pixel_size_angstrom)
             writer = StackWriter(mrc, n, d)
             yield writer

@@ -29,6 +29,7 @@ from ..ctf import CTFParams
 from ..errors import InputError
 from ..io import ImageSource, read_ctf, read_indices, read_poses
 from ..io.pkl import load_pickles
+from ..validate import check_ctf_matches_stack
 from ..lattice import Lattice
 from ..model.preprocess import Normalization, PreprocessConfig, compute_normalization, preprocess
 
@@ -108,6 +109,7 @@ class ParticleData:
         if ctf is not None:
             table = read_ctf(ctf).table
             self.ctf_table = _subset_rows(ctf, table, self.n_total, self.ind, "CTF file").astype(np.float32)
+            check_ctf_matches_stack(self.ctf_table, ctf, self.d, self.source.pixel_size_angstrom, particles)
         self.preprocess_config = preprocess_config or PreprocessConfig()
         self.device = torch.device(device)
         self.lattice = Lattice(self.d, device=self.device)

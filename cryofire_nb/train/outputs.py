@@ -31,6 +31,11 @@ from .monitor import History
 from .run_model import CryoFireModel, save_weights
 
 
+# Every file a run may write in OUTDIR: a folder holding any of them holds a run's results.
+RUN_FILES = ("poses.pkl", "z.pkl", "weights.pt", "volume.mrc", "history.json", "training_curve.png",
+             "config.yaml", "checkpoint.pt", "encoder_poses.pkl", "encoder_z.pkl", "init_search_poses.pkl")
+
+
 @dataclass(frozen=True)
 class RunOutputs:
     outdir: Path

@@ -332,7 +332,10 @@ class Trainer:
         cfg, st = self.cfg, self.state
         self.outdir.mkdir(parents=True, exist_ok=True)
         self._build()
-        write_config(self.outdir, cfg, self._config_extra())
+        if not (self.outdir / "weights.pt").exists():
+            # a new folder gets its settings now; over earlier results (resume, --overwrite) the new
+            # config.yaml is written with the new weights at the end, so a failed run leaves a matching pair
+            write_config(self.outdir, cfg, self._config_extra())
         limit_s = None if cfg.time_limit_min is None else cfg.time_limit_min * 60.0
         if cfg.init_search and self.targets is None:
             self._init_search(None if limit_s is None else cfg.search_time_fraction * limit_s)
