@@ -254,3 +254,32 @@ def test_infer_quarter_turns_keeps_the_best_fitting_hypothesis(trained, tmp_path
     assert rc == 0
     assert np.allclose(read_poses(tmp_path / "qt" / "poses.pkl").rots, four.rots, atol=1e-5)
     assert yaml.safe_load((tmp_path / "qt" / "infer.yaml").read_text())["quarter_turns"] is True
+
+
+def test_infer_refine_never_returns_a_pose_worse_than_the_encoders(trained, tmp_path, capsys):
+    """--refine: local rounds from the encoder's poses against the decoder; by the decoder's
+    own loss no particle ends worse than the encoder left it, and some end better."""
+    import yaml
+
+    from cryofire_nb.train import ParticleData, load_weights
+    from cryofire_nb.train.infer import decoder_losses
+
+    s, run = trained
+    out = tmp_path / "ref"
+    rc = main(["infer", str(run), str(s.particles), "--ctf", str(s.ctf), "-o", str(out), "--refine"])
+    assert rc == 0
+    assert "local refinement against the decoder" in capsys.readouterr().out
+    record = yaml.safe_load((out / "infer.yaml").read_text())
+    assert record["refine"] and record["refine_images_per_s"] > 0
+    model = load_weights(run)
+    data = ParticleData(str(s.particles), ctf=str(s.ctf), preprocess_config=model.spec.preprocess_config,
+                        normalization=model.spec.norm)
+    enc, ref = read_poses(out / "encoder_poses.pkl"), read_poses(out / "poses.pkl")
+    z_enc, z_ref = read_latents(out / "encoder_z.pkl").mu, read_latents(out / "z.pkl").mu
+    loss_enc = decoder_losses(model, data, enc.rots, enc.shift_px(D), z_enc)
+    loss_ref = decoder_losses(model, data, ref.rots, ref.shift_px(D), z_ref)
+    assert np.all(loss_ref <= loss_enc * (1 + 1e-4) + 1e-7)
+    assert (loss_ref < loss_enc * (1 - 1e-3)).mean() > 0.2  # the refinement moved a good share of them
+    rc = main(["infer", str(run), str(s.particles), "--ctf", str(s.ctf), "-o", str(tmp_path / "x"), "--refine",
+               "--search"])
+    assert rc == 2

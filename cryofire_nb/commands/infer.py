@@ -8,7 +8,11 @@ throughput in images/s. With ``--search`` the poses
 and z come from a search against the trained decoder, as the run's own tables were made
 (:func:`cryofire_nb.train.infer.search_poses`: each particle's z read off its image
 through the decoder, its pose refined against its own volume), and the encoder's go to
-``encoder_poses.pkl`` and ``encoder_z.pkl``. The images are preprocessed
+``encoder_poses.pkl`` and ``encoder_z.pkl``. ``--refine`` (semi-amortised) starts from
+the encoder's poses and z instead and refines them locally against the decoder
+(:func:`cryofire_nb.train.infer.refine_poses`), keeping for each particle whichever answer
+the decoder fits better: near the encoder's speed when its poses are close, never worse
+by the decoder's loss. The images are preprocessed
 exactly as in training (same contrast inversion, window and normalisation). For a run
 trained with known poses the pose heads were never trained: only z.pkl is written.
 """
@@ -49,6 +53,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "rounds that re-read each particle's z through the decoder, as the run's pose table) "
                         "instead of the encoder's heads; slower, more accurate. encoder_poses.pkl and "
                         "encoder_z.pkl keep the encoder's")
+    p.add_argument("--refine", action="store_true",
+                   help="semi-amortised: the encoder's poses and z refined locally against the decoder (each "
+                        "particle against its own volume); per particle the answer the decoder fits better is kept. "
+                        "encoder_poses.pkl and encoder_z.pkl keep the encoder's")
     p.add_argument("--search-bins", type=int, default=8, help="z bins (decoder volumes) for --search (default 8)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier infer in the folder")
@@ -62,10 +70,13 @@ def main(args: argparse.Namespace) -> int:
     from ..io._atomic import atomic_path
     from ..io.outputs_guard import guard_folder
     from ..train.data import ParticleData
-    from ..train.infer import infer_dataset, search_poses
+    from ..train.infer import infer_dataset, refine_poses, search_poses
     from ..train.run_model import load_weights
     from ..train.trainer import resolve_device
 
+    if args.search and args.refine:
+        raise InputError(None, "--search and --refine both given", "pass one: --refine starts from the encoder, "
+                         "--search searches globally")
     if args.search_bins < 1:
         raise InputError(None, f"--search-bins must be >= 1, got {args.search_bins}", "pass e.g. --search-bins 8")
     if args.batch_size is not None and args.batch_size < 1:
@@ -78,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
     if args.batch_size is None:
         args.batch_size = gpu_batch(spec.d) if device.type == "cuda" else CPU_BATCH
     z_ref = None  # --search: the run's own z table defines the conformation coordinates
-    if args.search and spec.zdim and (args.run / "z.pkl").is_file():
+    if (args.search or args.refine) and spec.zdim and (args.run / "z.pkl").is_file():
         z_ref = read_latents(args.run / "z.pkl").mu
         z_ref = z_ref.reshape(len(z_ref), -1)
         if z_ref.shape[1] != spec.zdim:
@@ -97,7 +108,8 @@ def main(args: argparse.Namespace) -> int:
                            turns=4 if args.quarter_turns else 1)
     args.outdir.mkdir(parents=True, exist_ok=True)
     search = args.search and not spec.known_poses
-    z_name = "encoder_z.pkl" if search else "z.pkl"  # with --search, z.pkl is the search's
+    refine = args.refine and not spec.known_poses
+    z_name = "encoder_z.pkl" if search or refine else "z.pkl"  # with --search / --refine, z.pkl is theirs
     write_latents(args.outdir / z_name, Latents(result.z.reshape(len(result.z), -1)))
     written = [z_name]
     if spec.known_poses:
@@ -105,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         enc = Poses.from_shift_px(result.rots, result.shift_px, spec.d)
         print(f"mirrored path won for {result.mirrored.mean():.1%} of the images")
-        if search:
+        if search or refine:
             write_poses(args.outdir / "encoder_poses.pkl", enc)
             written.insert(0, "encoder_poses.pkl")
         else:
@@ -122,12 +134,22 @@ def main(args: argparse.Namespace) -> int:
         written.insert(1, "z.pkl")
         search_rate = len(rots) / max(seconds, 1e-9)
         print(f"pose search against the decoder: {len(rots)} images in {seconds:.1f} s: {search_rate:.0f} images/s")
+    if refine:
+        rots, shifts, z_new, seconds, kept = refine_poses(model, data, result, progress=args.progress, z_ref=z_ref)
+        write_poses(args.outdir / "poses.pkl", Poses.from_shift_px(rots, shifts, spec.d))
+        write_latents(args.outdir / "z.pkl", Latents(z_new))
+        written[:0] = ["poses.pkl", "z.pkl"]
+        refine_rate = len(rots) / max(seconds + result.seconds, 1e-9)
+        print(f"local refinement against the decoder: {len(rots)} images in {seconds:.1f} s (with the encoder pass "
+              f"{refine_rate:.0f} images/s); refined answer kept for {kept:.1%} of the particles")
     record = {"run": str(args.run.resolve()), "particles": str(args.particles), "ctf": args.ctf,
               "ind": None if args.ind is None else str(Path(args.ind).resolve()), "search": search,
               "quarter_turns": bool(args.quarter_turns), "encoder_images_per_s": round(result.images_per_s, 1),
               "device": str(device)}
     if search:
         record["search_images_per_s"] = round(search_rate, 2)
+    if refine:
+        record.update(refine=True, refine_images_per_s=round(refine_rate, 2), refined_kept_fraction=round(kept, 4))
     with atomic_path(args.outdir / "infer.yaml") as tmp:  # lets `cryofire-nb evaluate DIR` find the run
         tmp.write_text(yaml.safe_dump(record, sort_keys=False))
     written.append("infer.yaml")
