@@ -456,9 +456,9 @@ def ensure_data(folder: Path, n: int, seed: int | None = None, box: int | None =
 
 def load_truth(folder: Path) -> dict:
     from cryofire_nb.io import read_poses
+    from cryofire_nb.io.pkl import load_pickles
 
-    with open(folder / "conf.pkl", "rb") as fh:
-        conf = np.asarray(pickle.load(fh), dtype=np.float64).reshape(-1)
+    conf = np.asarray(load_pickles(folder / "conf.pkl")[0], dtype=np.float64).reshape(-1)
     return {"rots": read_poses(folder / "poses.pkl").rots.astype(np.float64), "conf": conf}
 
 

@@ -103,3 +103,46 @@ def test_cryodrgn_fixture_pickles_load(fixtures_dir):
                                    np.ndarray)
     read_ctf(fixtures_dir / "cryodrgn" / "ctf1.pkl")
     read_poses(fixtures_dir / "cryodrgn" / "pose.star.pkl")
+
+
+# --------------------------------------------------------------------------- torch files
+
+
+def test_weights_and_checkpoint_files_that_run_code_are_refused(tmp_path):
+    import torch
+
+    from cryofire_nb.train.checkpoint import load_checkpoint
+    from cryofire_nb.train.run_model import WEIGHTS_FORMAT, load_weights
+
+    marker = tmp_path / "marker"
+    torch.save({"format": WEIGHTS_FORMAT, "spec": _RunsCommand(marker), "state_dict": {}}, tmp_path / "weights.pt")
+    with pytest.raises(InputError, match="not a readable weights file"):
+        load_weights(tmp_path)
+    torch.save({"format": "cryofire_nb.checkpoint/1", "config": _RunsCommand(marker)}, tmp_path / "checkpoint.pt")
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    assert not marker.exists()
+
+
+def test_checkpoint_payload_is_plain_and_older_numpy_fields_still_load(tmp_path):
+    import torch
+
+    from cryofire_nb.train.checkpoint import CHECKPOINT_FORMAT, Checkpoint, TrainState, load_checkpoint, \
+        save_checkpoint
+
+    targets = (np.zeros((4, 3, 3), np.float32), np.ones((4, 2), np.float32))
+    ckpt = Checkpoint({"outdir": Path("run"), "lr": np.float64(1e-3)}, {"d": 16}, {"w": torch.ones(2)}, {},
+                      TrainState(step=3), torch.zeros(5, dtype=torch.uint8), torch.zeros(5, dtype=torch.uint8),
+                      None, {"train": [{"loss": np.float32(0.5)}]}, targets)
+    save_checkpoint(tmp_path / "new.pt", ckpt)
+    torch.load(tmp_path / "new.pt", weights_only=True)  # nothing but tensors, containers and numbers
+    got = load_checkpoint(tmp_path / "new.pt")
+    assert got.config == {"outdir": "run", "lr": 1e-3} and got.state.step == 3
+    np.testing.assert_array_equal(got.targets[1], targets[1])
+    # a checkpoint written before (numpy arrays and scalars inside) still loads
+    old = {"format": CHECKPOINT_FORMAT, "config": {"lr": np.float64(1e-3)}, "spec": {}, "model_state": {},
+           "optimizer_state": {}, "state": {"step": 2}, "generator_state": torch.zeros(1),
+           "torch_rng_state": torch.zeros(1), "cuda_rng_state": None, "history": {}, "targets": targets}
+    torch.save(old, tmp_path / "old.pt")
+    got = load_checkpoint(tmp_path / "old.pt")
+    assert got.state.step == 2 and isinstance(got.targets[0], np.ndarray)

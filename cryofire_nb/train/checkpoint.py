@@ -10,7 +10,6 @@ then ``os.replace``), so an interrupted save leaves the previous checkpoint inta
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..io._atomic import atomic_path
+from .run_model import _torch_load
 
 CHECKPOINT_FORMAT = "cryofire_nb.checkpoint/1"
 
@@ -56,7 +56,23 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
                "torch_rng_state": ckpt.torch_rng_state, "cuda_rng_state": ckpt.cuda_rng_state,
                "history": ckpt.history, "targets": ckpt.targets, "extra": ckpt.extra}
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        torch.save(plain(payload), tmp)
+
+
+def plain(obj):
+    """``obj`` with numpy arrays as tensors, numpy scalars as Python numbers and paths as
+    strings: what the weights-only loader reads without allowing any other type."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    return obj
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -64,13 +80,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise InputError(path, "checkpoint not found", "pass OUTDIR/checkpoint.pt of an earlier run")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = _torch_load(path)
     except Exception as err:  # noqa: BLE001 - an unreadable file is the user's input
         raise InputError(path, f"not a readable checkpoint ({err})", "pass OUTDIR/checkpoint.pt") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, "not a cryofire_nb checkpoint", "pass OUTDIR/checkpoint.pt of a train run")
+    targets = payload["targets"]  # tensors since checkpoints are weights-only; numpy arrays before
+    if targets is not None:
+        targets = tuple(t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in targets)
     return Checkpoint(payload["config"], payload["spec"], payload["model_state"], payload["optimizer_state"],
                       TrainState(**payload["state"]), payload["generator_state"], payload["torch_rng_state"],
-                      payload["cuda_rng_state"], payload["history"], payload["targets"], payload.get("extra", {}))
+                      payload["cuda_rng_state"], payload["history"], targets, payload.get("extra", {}))

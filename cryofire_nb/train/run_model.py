@@ -13,7 +13,6 @@ state_dict          ``CryoFireModel.state_dict()``
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -96,10 +95,25 @@ def save_weights(path: str | Path, model: CryoFireModel) -> None:
         torch.save(payload, tmp)
 
 
+def _numpy_globals() -> list:
+    """numpy's array and scalar constructors, under the names numpy 1 and 2 write. Files
+    written before checkpoints held tensors only keep numpy arrays; these rebuild data and
+    nothing else, so they may pass the weights-only loader."""
+    import numpy as np
+
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    allowed: list = [np.ndarray, np.dtype, core._reconstruct, core.scalar]
+    for prefix in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(core._reconstruct, f"{prefix}._reconstruct"), (core.scalar, f"{prefix}.scalar")]
+    allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool")]
+    return allowed
+
+
 def _torch_load(path: Path) -> dict:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.load(path, map_location="cpu", weights_only=False)
+    """``torch.load`` restricted to tensors, containers and numbers (``weights_only``):
+    loading a weights or checkpoint file never runs code from it."""
+    with torch.serialization.safe_globals(_numpy_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_weights(path_or_outdir: str | Path, device: str | torch.device = "cpu") -> CryoFireModel:
