@@ -6,7 +6,7 @@
 2. a known-pose reconstruction (:func:`cryofire_nb.reconstruct.reconstruct` with the true
    poses and CTF) as a sanity anchor: central sections against the true t = 0.5 volume
    and the FSC to it, ``OUT/known_pose_reconstruction.png``;
-3. ab initio training (``cryofire-nb train --init-search``): voxel pose search, pose table
+3. ab initio training (``cryofire-nb train``, the default table method): voxel pose search, pose table
    refined against the conformation-dependent volume, encoder learning z and distilled
    towards the table; a small CPU configuration (:data:`.presets.ABINIT_CPU`,
    time-limited), or the paper's configuration (paper encoder, hypervolume, batch 128)
@@ -153,7 +153,7 @@ def write_report(s: DemoSettings, anchor: dict, train_result, evaluation, cfg) -
         f"Settings: method `{cfg.method}` (preset `{cfg.preset}`), encoder `{cfg.encoder}`, decoder `{cfg.decoder}`, zdim {cfg.zdim}, batch {cfg.batch_size}, "
         f"lr {cfg.lr}, time limit {cfg.time_limit_min} min, device {cfg.device}"
         + (", poses from the voxel search refined against the conformation-dependent volume (pose table, "
-           "--init-search)" if cfg.pose_table else ", poses distilled from the voxel search (--init-search)"
+           "the default table method)" if cfg.pose_table else ", poses distilled from the voxel search (--init-search)"
            if cfg.init_search else "") + ".",
         f"{train_result.state.step} steps, {train_result.state.images_seen} images at "
         f"{train_result.train_images_per_s:.0f} images/s; stopped by {train_result.stopped_by}. "
@@ -179,14 +179,22 @@ def write_report(s: DemoSettings, anchor: dict, train_result, evaluation, cfg) -
             p = read_poses(enc)
             me = evaluate_run(p.rots, p.trans_frac, g.rots, g.trans_frac, m.image_size_px)
             lines.append(f"- the encoder's own poses (`train/encoder_poses.pkl`, what `infer` gives new particles "
-                         f"in one pass; `infer --quarter-turns` and `--search` do better): median view error {me.rotations.view.median_deg:.1f} deg, median "
+                         f"in one pass; `infer --refine` and `--search` do better): median view error "
+                         f"{me.rotations.view.median_deg:.1f} deg, median "
                          f"translation error {_fmt(None if me.translations is None else me.translations.median_px)} px")
     for sv, name in zip(m.volumes or [], evaluation_names(evaluation)):
         lines.append(f"- {name}: correlation {sv.correlation:.3f}, FSC AUC {sv.fsc.auc:.3f}")
+    hold = train_result.history.holdout
+    if hold:
+        h = hold[-1]
+        lines.append(f"- the encoder against the pose table, without the truth: median rotation difference "
+                     f"{h['held_out_rotation_median_deg']:.1f} deg on particles it never trained on, "
+                     f"{h['training_rotation_median_deg']:.1f} deg on training particles")
+    lines += ["", "Warnings of the run: " + ("; ".join(train_result.history.warnings) or "none") + "."]
     lines += ["", "Figures: " + ", ".join(f"`eval/{p.name}`" for p in evaluation.figures), "",
               "Reading: the amortised recipe alone is known to collapse its view directions onto a great circle "
               "within CPU-sized budgets (see the view spread in the training curve); a median view error "
-              "near 90 deg means the poses are no better than random. With --init-search the run's poses are the "
+              "near 90 deg means the poses are no better than random. With the table method (the default) the run's poses are the "
               "voxel search's, refined against the volume of each particle's conformation (poses.pkl); the "
               "encoder learns z with them and is trained to reproduce them (encoder_poses.pkl).", ""]
     path = s.out / "REPORT.md"
