@@ -18,6 +18,7 @@ import torch
 from .ctf import CTFParams
 from .fft import ht2_center, symmetrize_ht
 from .lattice import Lattice
+from .validate import check_ctf_table
 
 Tensor = torch.Tensor
 
@@ -72,6 +73,7 @@ class HartleyData:
         std = float(x[: min(n, 10000)].std())
         x /= std
         if ctf_table is not None:
+            check_ctf_table(ctf_table, None)  # a zero pixel size or voltage would give NaN or zero CTFs
             params = CTFParams.from_table(torch.as_tensor(np.asarray(ctf_table), dtype=torch.float64,
                                                           device=lat.coords.device))
             ctf = torch.cat([params_slice(params, j, j + chunk).evaluate(lat.coords_xy.double(), d).float()

@@ -8,7 +8,7 @@ line on stderr) for values that are possible but unusual.
 
 ==============  ==================================================================
 CTF table       (n, 9) ``D, Apix, DefocusU, DefocusV, DefocusAngle (deg), Voltage
-                (kV), Cs (mm), w, PhaseShift (deg)``: D > 0 and even, Apix > 0,
+                (kV), Cs (mm), w, PhaseShift (deg)``: D a positive integer, Apix > 0,
                 voltage > 0 (warn outside 60-400 kV), Cs >= 0 (warn above 10 mm),
                 0 <= w <= 1, every value finite; defocus negative or above 10 um warns
 poses           rotations orthonormal with determinant +1 (to ``ROTATION_TOL``),
@@ -82,8 +82,9 @@ def check_ctf_table(table, path: str | Path | None, fixes: dict[str, str] | None
             raise InputError(path, f"{problem} in {_rows_with(mask)}", fixes.get(column, default_fix))
 
     D, apix, dfu, dfv, _angle, kv, cs, w, _ps = t.T
-    error((D <= 0) | (D != np.round(D)) | (np.round(D) % 2 != 0), "the box size D (column 0) is not a positive "
-          "even integer", "box size", "rewrite the CTF table with the box size of the original particle stack (-D)")
+    # D is the original stack's box: odd is possible there (the stack used must be even, checked on it)
+    error((D <= 0) | (D != np.round(D)), "the box size D (column 0) is not a positive integer", "box size",
+          "rewrite the CTF table with the box size of the original particle stack (-D)")
     error(apix <= 0, "the pixel size (column 1) is not positive", "pixel size",
           "rewrite the CTF table with the pixel size in Angstrom (parse-star/parse-cs --Apix)")
     error(kv <= 0, "the voltage (column 5) is not positive", "voltage",

@@ -56,7 +56,7 @@ def bad_ctf_file(synth, path, column: int, value: float):
 
 @pytest.mark.parametrize("change,fragment", [
     ({"apix": (2, 0.0)}, "pixel size"), ({"kv": (0, 0.0)}, "voltage"), ({"w": (3, 1.5)}, "amplitude contrast"),
-    ({"w": (1, -0.1)}, "amplitude contrast"), ({"cs": (0, -1.0)}, "Cs"), ({"D": (1, 15.0)}, "box size"),
+    ({"w": (1, -0.1)}, "amplitude contrast"), ({"cs": (0, -1.0)}, "Cs"), ({"D": (1, 15.5)}, "box size"),
     ({"D": (1, 0.0)}, "box size"), ({"dfu": (2, np.nan)}, "NaN"), ({"ps": (1, np.inf)}, "NaN or inf"),
 ])
 def test_impossible_ctf_values_are_errors_naming_the_row(change, fragment):
@@ -242,3 +242,18 @@ def test_cli_prints_ctf_warnings_as_one_line(synth, tmp_path, capsys):
     err = capsys.readouterr().err
     assert any(ln.startswith("cryofire-nb backproject: warning: ") and "low_kv.pkl" in ln and "30 kV" in ln
                for ln in err.splitlines()), err
+
+
+def test_unknown_device_name_is_one_line(tmp_path, capsys):
+    rc = main(["eval-vol", str(tmp_path / "no_run"), "--z", "0", "-o", str(tmp_path / "o"), "--device", "gpu0"])
+    assert rc == 2
+    one_line_error(capsys, "gpu0", "not a device name")
+
+
+def test_hartley_data_checks_its_ctf_table():
+    from cryofire_nb.hartley_data import HartleyData
+
+    images = np.random.default_rng(0).standard_normal((4, 16, 16)).astype(np.float32)
+    HartleyData.from_images(images, ctf_table(n=4))
+    with pytest.raises(InputError, match="pixel size"):
+        HartleyData.from_images(images, ctf_table(n=4, apix=(0, 0.0)))

@@ -38,6 +38,7 @@ from ..model.encoder import EncoderConfig
 from ..model.preprocess import PreprocessConfig
 from ..model.schedule import FrequencyMarching, PoseOnlyPhase
 from ..rotations import geodesic_distance_deg
+from ..validate import check_device
 from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig
 from .data import GroundTruth, ParticleData
@@ -76,12 +77,7 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, f"--device {name} asked for, but torch sees no CUDA device",
-                         "use --device cpu (or auto)")
+    dev = check_device(name)  # an unknown name or a missing GPU is a one-line InputError
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest convolutions
     return dev
