@@ -532,7 +532,7 @@ def run_ours(name: str, data: Path, heldout: Path | None, out: Path, minutes: fl
     run_dir = out / name
     flags = OURS_TRAIN_FLAGS_GPU if device == "cuda" else OURS_TRAIN_FLAGS
     cmd = [*COMMANDS["ours"], "train", data / "particles.mrcs", "--ctf", data / "ctf.pkl", "-o", run_dir,
-           *flags, "--time-limit", f"{minutes:g}", "--seed", "0", "--no-progress"]
+           *flags, "--time-limit", f"{minutes:g}", "--seed", "0", "--no-progress", "--overwrite"]
     if name == "ours_search":
         cmd.append("--init-search")
     # its --time-limit covers the outputs; the hard stop is only a safety net
@@ -561,7 +561,7 @@ def run_ours(name: str, data: Path, heldout: Path | None, out: Path, minutes: fl
             continue
         odir = out / f"{name}_infer_{tag}"
         r = run_budgeted([*COMMANDS["ours"], "infer", run_dir, folder / "particles.mrcs", "--ctf",
-                          folder / "ctf.pkl", "-o", odir, "--device", device],
+                          folder / "ctf.pkl", "-o", odir, "--device", device, "--overwrite"],
                          out / "logs" / f"{name}_infer_{tag}.log", None)
         mi = RE_INFER.search("\n".join(line for _, line in r.lines))
         d = {"cmd": shlex.join(r.cmd), "wall_s": r.wall_s, "returncode": r.returncode,
