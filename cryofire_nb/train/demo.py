@@ -214,12 +214,6 @@ def run_demo(s: DemoSettings) -> Path:
     from .trainer import resolve_device, train
 
     t0 = time.perf_counter()
-    if s.init_search:
-        try:
-            from .. import abinit  # noqa: F401  (the lead's search front end, optional)
-        except ImportError as err:
-            raise InputError(None, f"--init-search needs cryofire_nb.abinit, which cannot be imported ({err})",
-                             "run the demo without --init-search") from err
     s.out.mkdir(parents=True, exist_ok=True)
     cuda = resolve_device(s.device).type == "cuda"
     data, made = simulate_if_needed(s)
