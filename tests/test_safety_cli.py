@@ -74,3 +74,46 @@ def test_input_warnings_are_one_line(monkeypatch, capsys):
     assert cli.main(ARGS) == 0
     err = capsys.readouterr().err
     assert err == "cryofire-nb write-subset: warning: ctf.pkl: voltage 30 kV is unusual\n"
+
+
+def test_full_disk_while_saving_torch_files_is_an_os_error(tmp_path, monkeypatch):
+    """torch.save turns a failed write into a RuntimeError without errno; the weights and
+    checkpoint writer re-raises the disk's OSError (one line in the CLI), removing the
+    temporary file and keeping the earlier file."""
+    import builtins
+
+    import torch
+
+    from cryofire_nb.train import run_model
+
+    target = tmp_path / "weights.pt"
+    target.write_bytes(b"earlier")
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def full_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return FullDisk(f) if "w" in mode and str(file).endswith(".pt") else f
+
+    monkeypatch.setattr(builtins, "open", full_open)
+    with pytest.raises(OSError) as err:
+        run_model.save_torch_file(target, {"w": torch.zeros(1000)})
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    assert cli.system_error_line(err.value).startswith(f"{target}: no space left")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pt"] and target.read_bytes() == b"earlier"

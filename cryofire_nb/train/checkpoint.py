@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io._atomic import atomic_path
-from .run_model import _torch_load
+from .run_model import _torch_load, save_torch_file
 
 CHECKPOINT_FORMAT = "cryofire_nb.checkpoint/1"
 
@@ -55,8 +54,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
                "state": vars(ckpt.state).copy(), "generator_state": ckpt.generator_state,
                "torch_rng_state": ckpt.torch_rng_state, "cuda_rng_state": ckpt.cuda_rng_state,
                "history": ckpt.history, "targets": ckpt.targets, "extra": ckpt.extra}
-    with atomic_path(path) as tmp:
-        torch.save(plain(payload), tmp)
+    save_torch_file(path, plain(payload))
 
 
 def plain(obj):

@@ -91,8 +91,39 @@ class CryoFireModel(nn.Module):
 def save_weights(path: str | Path, model: CryoFireModel) -> None:
     payload = {"format": WEIGHTS_FORMAT, "spec": model.spec.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_file(path, payload)
+
+
+class _WriteErrorRecorder:
+    """A file wrapper that remembers the OSError of a failed write: torch.save reports a
+    failed write (a full disk) as a RuntimeError without the errno."""
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def save_torch_file(path: str | Path, payload) -> None:
+    """``torch.save`` atomically; a write that fails on the disk raises its OSError (so a
+    full disk is reported as one, with the file's name)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        rec = _WriteErrorRecorder(f)
+        try:
+            torch.save(payload, rec)
+        except RuntimeError as err:
+            if rec.error is None:
+                raise
+            raise OSError(rec.error.errno, rec.error.strerror or str(rec.error), str(path)) from err
 
 
 def _numpy_globals() -> list:
