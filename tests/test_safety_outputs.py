@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from cryofire_nb.io import read_mrc, write_indices, write_mrc
 from cryofire_nb.io.outputs_guard import check_writable, guard_files, guard_folder
 from cryofire_nb.train.synthetic import make_synthetic_set
 
-DEMO = __import__("pathlib").Path(__file__).resolve().parents[1] / "data_demo"
+DEMO = Path(__file__).resolve().parents[1] / "data_demo"
 
 
 @pytest.fixture(scope="module")
@@ -332,3 +333,19 @@ def test_demo_refuses_an_earlier_report(tmp_path, capsys):
     assert main(["demo", "-o", str(out), "--device", "cpu", "--minutes", "0.1"]) == 2
     one_line_error(capsys, "REPORT.md", "--overwrite")
     assert (out / "REPORT.md").read_text() == "old"
+
+
+# --------------------------------------------------------------------------- every command
+
+
+def test_every_writing_command_has_overwrite():
+    import argparse
+
+    from cryofire_nb.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {"backproject", "demo", "downsample", "eval-vol", "evaluate", "infer", "parse-cs",
+                                "parse-star", "simulate", "train", "write-subset"}  # a new command: guard it too
+    for name, p in sub.choices.items():
+        assert "--overwrite" in p._option_string_actions, name
