@@ -349,3 +349,20 @@ def test_every_writing_command_has_overwrite():
                                 "parse-star", "simulate", "train", "write-subset"}  # a new command: guard it too
     for name, p in sub.choices.items():
         assert "--overwrite" in p._option_string_actions, name
+
+
+def test_a_failed_run_over_earlier_results_leaves_their_config(synth, run, tmp_path, monkeypatch):
+    from cryofire_nb.train import trainer
+
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    before = snapshot(again)
+
+    def crash(self, limit_s):
+        raise RuntimeError("crash in the training loop")
+
+    monkeypatch.setattr(trainer.Trainer, "_loop", crash)
+    with pytest.raises(RuntimeError, match="crash in the training loop"):
+        main(["train", str(synth.particles), "--ctf", str(synth.ctf), "-o", str(again), "--overwrite",
+              *tiny(seed=7)])
+    assert snapshot(again) == before  # config.yaml still describes the weights beside it
