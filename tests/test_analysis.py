@@ -281,3 +281,63 @@ def test_write_selection_cs_subset(out_dir, fixtures_dir):
     np.testing.assert_array_equal(sub, table[[1, 5, 20]])
     with pytest.raises(InputError, match=r"\.cs subset needs a \.cs source"):
         A.write_selection([0], out_dir / "x.cs", source=fixtures_dir / "cryodrgn" / "relion31.star")
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def test_confounders_find_the_variable_z_follows():
+    rng = np.random.default_rng(0)
+    n = 500
+    defocus = rng.uniform(1.0, 2.5, n)
+    t = rng.uniform(0, 1, n)
+    z = np.stack([t + 0.01 * rng.normal(size=n), defocus + 0.01 * rng.normal(size=n)], 1)
+    res = A.confounder_correlations(z, {"defocus": defocus, "t": t})
+    assert res.names == ("defocus", "t") and res.spearman.shape == (2, 2)
+    assert res.spearman[0, 1] > 0.99 and abs(res.spearman[0, 0]) < 0.15
+    assert res.max_abs["t"] > 0.99
+    assert set(res.to_dict()) == {"defocus", "t"}
+    with pytest.raises(InputError):
+        A.confounder_correlations(z, {"short": defocus[:10]})
+
+
+def test_pose_covariates_tilt_azimuth_and_shift():
+    rots = np.stack([np.eye(3), np.diag([1.0, -1.0, -1.0])])  # views +z and -z
+    cov = A.pose_covariates(rots, np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(cov["view_tilt_deg"], [0.0, 180.0], atol=1e-9)
+    np.testing.assert_allclose(cov["shift_px"], [5.0, 0.0])
+    assert "shift_px" not in A.pose_covariates(rots)
+    with pytest.raises(InputError):
+        A.pose_covariates(np.zeros((2, 3)))
+
+
+def test_latent_outliers_flag_far_points_only():
+    rng = np.random.default_rng(1)
+    z = np.concatenate([rng.normal(size=(300, 2)), [[40.0, 40.0], [-50.0, 10.0]]])
+    out = A.latent_outliers(z, n_neighbors=5, threshold=20.0)
+    assert out.n_flagged == 2 and set(np.flatnonzero(out.mask)) == {300, 301}
+    assert len(out.keep) == 300 and out.keep.dtype == np.int64
+    assert abs(np.median(out.score) - 1.0) < 1e-9
+
+
+def test_write_volume_series_mrc_and_chimerax_script(out_dir):
+    from cryofire_nb.io import read_mrc
+
+    vols = np.random.default_rng(2).normal(size=(3, 8, 8, 8)).astype(np.float32)
+    paths = A.write_volume_series(vols, out_dir / "series", "pc1", 2.5, labels=["a", "b", "c"])
+    assert [p.name for p in paths] == ["pc1_000.mrc", "pc1_001.mrc", "pc1_002.mrc", "pc1.cxc"]
+    back = read_mrc(paths[1])
+    np.testing.assert_array_equal(back.data, vols[1])
+    assert abs(back.pixel_size_angstrom - 2.5) < 1e-6
+    script = paths[-1].read_text()
+    assert "vseries true" in script and "pc1_001.mrc: b" in script
+    with pytest.raises(InputError):
+        A.write_volume_series(np.zeros((2, 4, 4, 5)), out_dir, "bad", 1.0)
+
+
+def test_to_original_indices_after_ind():
+    ind = np.array([10, 3, 7, 42])  # the run kept these rows of the original stack, in this order
+    np.testing.assert_array_equal(A.to_original_indices([0, 3], ind), [10, 42])
+    np.testing.assert_array_equal(A.to_original_indices(np.array([True, True, False, False]), ind), [3, 10])
+    with pytest.raises(InputError):
+        A.to_original_indices([4], ind)

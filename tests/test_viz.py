@@ -263,3 +263,17 @@ def test_selectable_scatter_callback_gets_lasso_indices():
     widget.data[0]._dispatch_on_selection(points, lasso)
     assert len(got) == 1
     np.testing.assert_array_equal(got[0], inside)
+
+
+def test_scree_confounder_and_outlier_figures(out_dir):
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 3)) * np.array([3.0, 1.0, 0.3])
+    res = A.pca(z)
+    fig = V.scree_plot(res)
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    bars = [p.get_height() for p in fig.axes[0].patches]
+    np.testing.assert_allclose(bars, res.explained_variance_ratio)
+    fig = V.confounder_plot(res.coords[:, 0], {"defocus (um)": rng.uniform(1, 2, 200), "tilt (deg)": rng.uniform(0, 180, 200)})
+    assert len(fig.axes) == 2 and fig.axes[0].get_xlabel() == "defocus (um)"
+    fig = V.outlier_histogram(A.latent_outliers(z))
+    assert len(fig.axes) == 1 and _saved_png(fig, out_dir / "outliers.png")

@@ -18,8 +18,14 @@ volumes                         :func:`volumes_at` (a volume generator such as
                                 ``VolumeDecoder.eval_volume`` at many z -> (m, d, d, d))
 selections                      :func:`indices_in_polygon`, :func:`write_selection`
                                 (index ``.pkl`` or a ``.star`` / ``.cs`` subset),
-                                :class:`SelectionSaver` (a lasso callback writing all three)
+                                :class:`SelectionSaver` (a lasso callback writing all three),
+                                :func:`to_original_indices` (selection on a run trained
+                                with ``--ind`` -> rows of the original stack)
                                 (:mod:`.selection`)
+diagnostics                     :func:`confounder_correlations` (z against defocus, view,
+                                shift; :func:`pose_covariates`), :func:`latent_outliers`
+                                (junk far from the bulk of z), :func:`write_volume_series`
+                                (``.mrc`` series + ChimeraX script) (:mod:`.diagnostics`)
 ==============================  ==========================================================
 
 Every function takes z as an (n, k) array (numpy, torch, or a
@@ -33,10 +39,14 @@ m points on a traversal, d box.
 
 from .latent import (DensityGrid, GMMResult, KMeansResult, PCAResult, UmapResult, UmapUnavailableError,
                      as_latents, density_grid, gmm, kmeans, nearest_points, pca, umap_embedding)
-from .selection import SelectionSaver, indices_in_polygon, write_selection
+from .diagnostics import (Confounders, Outliers, confounder_correlations, latent_outliers, pose_covariates,
+                          write_volume_series)
+from .selection import SelectionSaver, indices_in_polygon, to_original_indices, write_selection
 from .traversal import GraphPath, Traversal, graph_path, knn_graph, pc_traversal, volumes_at
 
 __all__ = [
+    "Confounders", "Outliers", "confounder_correlations", "latent_outliers", "pose_covariates", "to_original_indices",
+    "write_volume_series",
     "DensityGrid", "GMMResult", "GraphPath", "KMeansResult", "PCAResult", "SelectionSaver", "Traversal",
     "UmapResult",
     "UmapUnavailableError", "as_latents", "density_grid", "gmm", "graph_path", "indices_in_polygon",

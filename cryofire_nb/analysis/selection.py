@@ -46,6 +46,24 @@ def _as_indices(indices) -> np.ndarray:
     return np.unique(ind)
 
 
+def to_original_indices(selected, ind) -> np.ndarray:
+    """Rows of the original stack for a selection made on a model trained with ``--ind``.
+
+    A model trained on the subset ``ind`` (int array, the rows of the original stack it
+    kept, in order) numbers its particles 0 .. len(ind) - 1; ``selected`` are such numbers.
+    Returns ``ind[selected]`` sorted (int64): the indices to write for the original
+    ``.star`` / ``.cs`` table or to pass as ``--ind`` to a run on the full stack.
+    """
+    sel = _as_indices(selected)
+    base = np.asarray(ind).reshape(-1)
+    if base.size and not np.issubdtype(base.dtype, np.integer):
+        raise InputError(None, f"--ind indices must be integers, got {base.dtype}", "pass the index .pkl of the run")
+    if sel.size and sel.max() >= len(base):
+        raise InputError(None, f"selected particle {int(sel.max())} is out of range for the {len(base)} particles "
+                         "of the --ind subset", "select on the z of the run trained with this --ind file")
+    return np.sort(base.astype(np.int64)[sel])
+
+
 def _count(source: Path) -> int:
     from ..io import ImageSource, read_cs, read_star
 

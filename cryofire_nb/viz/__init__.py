@@ -18,7 +18,9 @@ volumes                    :func:`volume_slices`, :func:`volume_projections`,   
                            :func:`volume_isosurface` (plotly)
 latent space               :func:`latent_scatter`, :func:`density_plot`,        latent
                            :func:`pc1_histogram` (per class, thresholds),
-                           :func:`make_selectable_scatter` (plotly widget)
+                           :func:`make_selectable_scatter` (plotly widget),
+                           :func:`scree_plot`, :func:`confounder_plot`,
+                           :func:`outlier_histogram`
 poses                      :func:`view_distribution` (Mollweide),               poses
                            :func:`angular_error_histograms`,
                            :func:`view_error_map` (error per view direction),
@@ -34,13 +36,15 @@ drawn with row 0 at the top; a rotation's view direction is its third row ``R[2]
 from ._figure import new_figure, save_figure
 from .curves import fsc_curves, metric_curves, training_curves
 from .images import ctf_2d, ctf_image, ctf_profiles, image_grid
-from .latent import density_plot, latent_scatter, make_selectable_scatter, pc1_histogram, selection_handler
+from .latent import (confounder_plot, density_plot, latent_scatter, make_selectable_scatter, outlier_histogram,
+                     pc1_histogram, scree_plot, selection_handler)
 from .poses import (ViewHistogram, angular_error_histograms, binned_errors_plot, view_directions,
                     view_distribution, view_error_map, view_histogram)
 from .volumes import (isosurface_image, volume_isosurface, volume_projections, volume_series, volume_slices,
                       volume_surfaces)
 
 __all__ = [
+    "confounder_plot", "outlier_histogram", "scree_plot",
     "ViewHistogram", "angular_error_histograms", "binned_errors_plot", "ctf_2d", "ctf_image", "ctf_profiles",
     "density_plot", "fsc_curves", "image_grid", "isosurface_image", "latent_scatter", "make_selectable_scatter",
     "metric_curves", "new_figure", "pc1_histogram", "save_figure", "selection_handler", "training_curves",

@@ -158,3 +158,61 @@ def pc1_histogram(pc1, labels, thresholds=None, bins: int = 60, title: str | Non
         if np.isfinite(t):
             ax.axvline(t, color="k", ls="--", lw=1.0, label="threshold" if k == 0 else None)
     return finish_axes(fig, ax, xlabel, "images", title, legend=dict(fontsize=7))
+
+
+def scree_plot(pca_result, title: str | None = None):
+    """Explained variance of each principal component (bars) and its running total (line)
+    of a :class:`cryofire_nb.analysis.PCAResult`: how many directions of z carry signal."""
+    ratio = np.asarray(pca_result.explained_variance_ratio, dtype=np.float64)
+    x = np.arange(1, len(ratio) + 1)
+    fig = new_figure(figsize=(4.6, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(x, ratio, color="C0", label="per component")
+    ax.plot(x, np.cumsum(ratio), "o-", color="C1", label="cumulative")
+    ax.set_xticks(x)
+    ax.set_ylim(0, 1.05)
+    return finish_axes(fig, ax, "principal component", "fraction of the variance of z", title,
+                       legend=dict(fontsize=8, loc="center right"))
+
+
+def confounder_plot(values, covariates: dict, value_label: str = "PC1", max_points: int = 3000, seed: int = 0,
+                    title: str | None = None):
+    """One panel per nuisance variable ({name: (n,)}, e.g. defocus, view tilt, shift
+    length): the latent coordinate ``values`` (n,) against it, with the Spearman
+    correlation in the panel title. A clear trend means z follows imaging conditions."""
+    from scipy.stats import spearmanr
+
+    y = _numpy(values).astype(np.float64).reshape(-1)
+    names = list(covariates)
+    fig = new_figure(figsize=(3.2 * max(len(names), 1), 3.0))
+    show = np.arange(len(y))
+    if len(y) > max_points:
+        show = np.sort(np.random.default_rng(seed).choice(len(y), max_points, replace=False))
+    for i, name in enumerate(names):
+        x = np.asarray(covariates[name], dtype=np.float64).reshape(-1)
+        if len(x) != len(y):
+            raise ValueError(f"covariate {name!r} has {len(x)} values for {len(y)} particles")
+        ax = fig.add_subplot(1, len(names), i + 1)
+        ax.scatter(x[show], y[show], s=2, alpha=0.4, color="C0", linewidths=0, rasterized=len(show) > 5000)
+        rho = spearmanr(x, y).statistic if np.ptp(x) > 0 and np.ptp(y) > 0 else 0.0
+        ax.set_title(f"Spearman {rho:+.2f}", fontsize=9)
+        ax.set_xlabel(name)
+        if i == 0:
+            ax.set_ylabel(value_label)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def outlier_histogram(outliers, bins: int = 60, title: str | None = None):
+    """Histogram of the outlier scores of :func:`cryofire_nb.analysis.latent_outliers`
+    (log count), with the threshold drawn and the number flagged in the legend."""
+    score = np.asarray(outliers.score, dtype=np.float64)
+    fig = new_figure(figsize=(4.8, 3.2))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist(score, bins=bins, color="C0", log=True)
+    ax.axvline(outliers.threshold, color="C3", ls="--",
+               label=f"threshold {outliers.threshold:g}: {outliers.n_flagged} flagged")
+    return finish_axes(fig, ax, "mean distance to nearest neighbours in z (x median)", "particles",
+                       title, legend=dict(fontsize=8))
