@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             raise  # anything else is a bug: keep its traceback
         print(f"cryofire-nb {args.command}: error: {system_error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C during train, or one during any other command
+        print(f"cryofire-nb {args.command}: aborted (Ctrl-C)", file=sys.stderr)
+        return 130
     return 0 if rc is None else int(rc)
 
 

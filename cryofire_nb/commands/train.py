@@ -17,6 +17,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -140,6 +141,7 @@ def config_from_args(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     from ..io.outputs_guard import guard_folder
     from ..train import train
+    from ..train.interrupt import stop_on_signals
     from ..train.outputs import RUN_FILES
     from ..train.trainer import WARMUP_STEPS
 
@@ -147,7 +149,8 @@ def main(args: argparse.Namespace) -> int:
                                   args.gt_conf, args.gt_labels, args.load],
                     products=RUN_FILES, overwrite=args.overwrite, resume_from=args.load):
         print(f"resuming in {args.outdir}: its outputs will be replaced", flush=True)
-    result = train(config_from_args(args))
+    with stop_on_signals() as stop:
+        result = train(config_from_args(args))
     st = result.state
     steady = "" if result.steady_images_per_s is None else \
         f" ({result.steady_images_per_s:.0f} after the first {WARMUP_STEPS} steps)"
@@ -157,4 +160,24 @@ def main(args: argparse.Namespace) -> int:
         print("\n".join(result.final_metrics.summary_lines()))
     print(f"wrote {result.outputs.outdir}/: poses.pkl z.pkl weights.pt volume.mrc history.json "
           f"training_curve.png config.yaml checkpoint.pt")
+    if result.stopped_by == "interrupted":
+        late = f" (it came during the {stop.stage}, which finished first)" if stop.stage else ""
+        print(f"cryofire-nb train: interrupted by {stop.name}{late} after {st.images_seen} images: the checkpoint "
+              f"and the outputs so far are in {args.outdir}; resume with: "
+              f"{resume_command(result.config.command_line, args.outdir)}", file=sys.stderr, flush=True)
+        return stop.exit_code
     return 0
+
+
+def resume_command(command_line: str, outdir: str) -> str:
+    """The run's command line with ``--load OUTDIR/checkpoint.pt`` in place of any ``--load``."""
+    words = shlex.split(command_line) if command_line else ["cryofire-nb", "train"]
+    kept, skip = [], False
+    for w in words:
+        if skip:
+            skip = False
+        elif w == "--load":
+            skip = True
+        elif not w.startswith("--load="):
+            kept.append(w)
+    return shlex.join([*kept, "--load", os.path.join(outdir, "checkpoint.pt")])

@@ -39,6 +39,7 @@ from ..model.preprocess import PreprocessConfig
 from ..model.schedule import FrequencyMarching, PoseOnlyPhase
 from ..rotations import geodesic_distance_deg
 from ..validate import check_device
+from . import interrupt
 from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig
 from .data import GroundTruth, ParticleData
@@ -69,7 +70,7 @@ class TrainResult:
     outputs: RunOutputs
     state: TrainState
     history: History
-    stopped_by: str  # "epochs", "max_images" or "time_limit"
+    stopped_by: str  # "epochs", "max_images", "time_limit" or "interrupted" (SIGINT / SIGTERM)
     train_images_per_s: float
     final_metrics: RunMetrics | None
     steady_images_per_s: float | None = None  # this run's steps after the first WARMUP_STEPS
@@ -90,6 +91,8 @@ def _merge_resume(cfg: TrainConfig, ckpt: Checkpoint) -> TrainConfig:
     for name in MODEL_FIELDS:
         if name in ckpt.config:
             data[name] = ckpt.config[name]
+    if data.get("batch_size") is None:  # the preset's, recorded in the checkpoint (the preset is not applied
+        data["batch_size"] = ckpt.config.get("batch_size")  # again on resume, and the epoch position needs it)
     if "method" not in ckpt.config:  # written before runs recorded their method
         data["method"] = "known" if data.get("poses") else (
             "table" if data.get("init_search") or data.get("distill_poses") else "amortised")
@@ -152,12 +155,6 @@ class Trainer:
             saved = tuple(np.asarray(t, dtype=np.float32) for t in self.ckpt.targets)
             self.targets = saved[:2]
             self.z_table = saved[2] if len(saved) > 2 else None
-        if cfg.init_search and self.targets is None:
-            try:
-                from .. import abinit  # noqa: F401  (lazy: the search front end may be absent)
-            except ImportError as err:
-                raise InputError(None, f"--init-search needs cryofire_nb.abinit, which cannot be imported ({err})",
-                                 "drop --init-search, or update the package") from err
         self.outdir = cfg.outdir_path
         if self.outdir.exists() and not self.outdir.is_dir():
             raise InputError(self.outdir, "exists and is not a folder", "pass a new or existing folder with -o")
@@ -250,7 +247,8 @@ class Trainer:
         # with the heterogeneous refinement to follow, the consensus refinement rounds are skipped
         kw = dict(refine_rounds=0) if self.cfg.pose_table else {}
         acfg = AbinitConfig.for_box(self.d, self.cfg.max_shift_px, seed=self.cfg.seed, **kw)
-        res = run_abinit(hd, acfg, time_limit_s=time_limit_s, progress=self.cfg.progress)
+        with interrupt.stage("voxel pose search"):
+            res = run_abinit(hd, acfg, time_limit_s=time_limit_s, progress=self.cfg.progress)
         rots = torch.as_tensor(res.rots).float().cpu().numpy()
         shifts = torch.as_tensor(res.shifts_px).float().cpu().numpy()
         self.targets = (rots, shifts)
@@ -417,6 +415,9 @@ class Trainer:
             if done:
                 stopped_by = done
                 break
+            if interrupt.requested():  # SIGINT / SIGTERM: stop between steps, outputs as at the end
+                stopped_by = "interrupted"
+                break
             if limit_s is not None:
                 now = time.perf_counter() - self.t0
                 # time left for the final pass: one encoder pass (2 images) per particle ~ a third of a step
@@ -481,7 +482,8 @@ class Trainer:
         if self.gt is not None and self.eval_every is not None and (
                 not self.history.eval or self.history.eval[-1]["images_seen"] != st.images_seen):
             self._evaluate(time.perf_counter() - self.t0)
-        if not cfg.resolved:  # stopped before the probe finished: fix schedules as they were
+        if not cfg.resolved and stopped_by != "interrupted":  # stopped before the probe finished: fix
+            # schedules as they were (an interrupted run leaves them open for its resumption)
             cfg.resolve_schedules(self.d, max(st.images_seen, 1))
         return stopped_by
 
@@ -566,10 +568,11 @@ class Trainer:
                 m = gt_metrics(r.float().cpu().numpy(), s.float().cpu().numpy(), None, self.gt, np.arange(self.n),
                                self.d)
                 return {"view_error_median_deg": round(m.rotations.view.median_deg, 3)}
-        res = hetero_refine(hd, torch.as_tensor(self.targets[0]), torch.as_tensor(self.targets[1]), inf.z,
-                            HeteroRefineConfig.for_box(self.d, cfg.max_shift_px, n_components=n_basis,
-                                                       global_search=cfg.hetero_global, seed=cfg.seed),
-                            progress=cfg.progress, time_limit_s=budget, monitor=monitor)
+        with interrupt.stage("heterogeneous refinement"):
+            res = hetero_refine(hd, torch.as_tensor(self.targets[0]), torch.as_tensor(self.targets[1]), inf.z,
+                                HeteroRefineConfig.for_box(self.d, cfg.max_shift_px, n_components=n_basis,
+                                                           global_search=cfg.hetero_global, seed=cfg.seed),
+                                progress=cfg.progress, time_limit_s=budget, monitor=monitor)
         self.targets = (res.rots.float().cpu().numpy(), res.shifts_px.float().cpu().numpy())
         if n_basis > 0:  # the latent table: z of each particle read off its image through the basis
             self.z_table = res.coefficients[:, 1:].float().cpu().numpy()
