@@ -12,10 +12,11 @@ epochs. Schedules are counted in images seen:
   every ``march_images_per_step`` images): when None, chosen so that the disc reaches
   d/2 after ``march_end_fraction`` of the planned images. The paper used 100 k images
   per pixel at D = 128; a CPU budget of minutes never gets past 3 px with that;
-* pose table (``--init-search`` or ``distill_poses`` with ``hetero_refine``, the
-  default): after ``hetero_at_fraction`` of the planned images the targets are refined
-  against the conformation-dependent volume (:mod:`cryofire_nb.hetero`, a basis of
-  1 + zdim volumes, z read off each image by least squares), then kept: from there on the
+* pose table (``method="table"``, the default without known poses, or ``distill_poses``,
+  with ``hetero_refine``): the voxel pose search first (``init_search``), then after
+  ``hetero_at_fraction`` of the planned images the targets are refined against the
+  conformation-dependent volume (:mod:`cryofire_nb.hetero`, a basis of 1 + ``n_basis``
+  volumes, z read off each image by least squares), then kept: from there on the
   decoder trains with the table's poses and z, the encoder is distilled towards both,
   and the tables are the run's ``poses.pkl`` and ``z.pkl`` (the encoder's own
   predictions go to ``encoder_poses.pkl`` / ``encoder_z.pkl``); no pose-only phase, full
@@ -106,7 +107,7 @@ class TrainConfig:
     march_step_px: float = 1.0
     march_images_per_step: int | None = None
     march_end_fraction: float = 0.6
-    # pose distillation (targets from --init-search or distill_poses)
+    # pose distillation (targets from the pose search of the table method, or distill_poses)
     init_search: bool = False
     distill_poses: str | None = None
     distill_images: int | None = None

@@ -7,7 +7,7 @@
   pose is mapped back to the original image.
 * known poses (``--poses``): poses from the file, the encoder predicts z only (as
   cryoDRGN's ``train_vae``); no mirrored path.
-* distillation (``--init-search``): the reconstruction uses the target poses while the
+* distillation (the table method): the reconstruction uses the target poses while the
   encoder's pose heads are pulled towards them, on both paths (the mirrored image's
   target is ``mirror_pose`` of the original's): squared chordal distance
   ``||R - R*||_F^2`` (min over hypotheses) plus the shift MSE in pixels^2; with a latent

@@ -1,8 +1,8 @@
 """The training loop: :func:`train` runs one ``cryofire-nb train`` invocation.
 
 Order of work: read and check every input (nothing is written before that passes),
-write ``config.yaml``, optionally run the voxel pose search (``--init-search``, the
-lead's :func:`cryofire_nb.abinit.run_abinit`, imported lazily), then Adam steps on
+write ``config.yaml``, run the voxel pose search for the table method (the default;
+:func:`cryofire_nb.abinit.run_abinit`), then Adam steps on
 batches in a seeded order until the budget (epochs, images or wall time) is spent, with
 a checkpoint every ``checkpoint_every_images`` images / ``checkpoint_every_minutes``
 minutes, and finally one inference pass over all particles and every output file
