@@ -341,3 +341,17 @@ def test_to_original_indices_after_ind():
     np.testing.assert_array_equal(A.to_original_indices(np.array([True, True, False, False]), ind), [3, 10])
     with pytest.raises(InputError):
         A.to_original_indices([4], ind)
+
+
+def test_centre_contrast_separates_particles_from_empty_picks():
+    rng = np.random.default_rng(3)
+    d = 32
+    yy, xx = np.mgrid[0:d, 0:d] - d // 2
+    blob = np.exp(-(yy ** 2 + xx ** 2) / (2 * 4.0 ** 2))
+    particles = blob + 0.5 * rng.normal(size=(50, d, d))
+    empty = 0.5 * rng.normal(size=(50, d, d))
+    c = A.centre_contrast(np.concatenate([particles, empty]))
+    assert c.shape == (100,) and c[:50].min() > c[50:].max()
+    assert abs(np.median(c[50:])) < 0.1
+    with pytest.raises(InputError):
+        A.centre_contrast(np.zeros((2, 4, 5)))

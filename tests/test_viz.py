@@ -277,3 +277,14 @@ def test_scree_confounder_and_outlier_figures(out_dir):
     assert len(fig.axes) == 2 and fig.axes[0].get_xlabel() == "defocus (um)"
     fig = V.outlier_histogram(A.latent_outliers(z))
     assert len(fig.axes) == 1 and _saved_png(fig, out_dir / "outliers.png")
+
+
+def test_image_grid_and_volume_series_colour_bar():
+    imgs = np.random.default_rng(0).normal(size=(3, 8, 8))
+    fig = V.image_grid(imgs, colorbar=True, colorbar_label="intensity")
+    assert len(fig.axes) == 4 and fig.axes[-1].get_ylabel() == "intensity"
+    lims = {tuple(ax.images[0].get_clim()) for ax in fig.axes[:3]}
+    assert len(lims) == 1  # one shared scale under one bar
+    assert len(V.image_grid(imgs).axes) == 3
+    vols = np.random.default_rng(1).normal(size=(2, 8, 8, 8))
+    assert len(V.volume_series(vols, colorbar=True).axes) == 3

@@ -25,7 +25,8 @@ selections                      :func:`indices_in_polygon`, :func:`write_selecti
 diagnostics                     :func:`confounder_correlations` (z against defocus, view,
                                 shift; :func:`pose_covariates`), :func:`latent_outliers`
                                 (junk far from the bulk of z), :func:`write_volume_series`
-                                (``.mrc`` series + ChimeraX script) (:mod:`.diagnostics`)
+                                (``.mrc`` series + ChimeraX script), :func:`centre_contrast`
+                                (a first screen of picks on the images) (:mod:`.diagnostics`)
 ==============================  ==========================================================
 
 Every function takes z as an (n, k) array (numpy, torch, or a
@@ -39,13 +40,13 @@ m points on a traversal, d box.
 
 from .latent import (DensityGrid, GMMResult, KMeansResult, PCAResult, UmapResult, UmapUnavailableError,
                      as_latents, density_grid, gmm, kmeans, nearest_points, pca, umap_embedding)
-from .diagnostics import (Confounders, Outliers, confounder_correlations, latent_outliers, pose_covariates,
+from .diagnostics import (Confounders, Outliers, centre_contrast, confounder_correlations, latent_outliers, pose_covariates,
                           write_volume_series)
 from .selection import SelectionSaver, indices_in_polygon, to_original_indices, write_selection
 from .traversal import GraphPath, Traversal, graph_path, knn_graph, pc_traversal, volumes_at
 
 __all__ = [
-    "Confounders", "Outliers", "confounder_correlations", "latent_outliers", "pose_covariates", "to_original_indices",
+    "Confounders", "Outliers", "centre_contrast", "confounder_correlations", "latent_outliers", "pose_covariates", "to_original_indices",
     "write_volume_series",
     "DensityGrid", "GMMResult", "GraphPath", "KMeansResult", "PCAResult", "SelectionSaver", "Traversal",
     "UmapResult",

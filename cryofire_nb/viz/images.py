@@ -22,11 +22,13 @@ def _numpy(x) -> np.ndarray:
 
 
 def image_grid(images, titles=None, ncols: int | None = None, cmap: str = "gray",
-               panel_size_in: float = 1.6, shared_scale: bool = False, suptitle: str | None = None):
+               panel_size_in: float = 1.6, shared_scale: bool = False, suptitle: str | None = None,
+               colorbar: bool = False, colorbar_label: str | None = None):
     """Images (n, h, w) in a grid of ``ncols`` columns (default min(n, 8)), one axes each.
 
     ``titles``: n strings (or None). ``shared_scale``: one grey scale for all images
-    (compare intensities) instead of one per image (see structure).
+    (compare intensities) instead of one per image (see structure). ``colorbar``: one
+    colour bar for the grid (implies ``shared_scale``), labelled ``colorbar_label``.
     """
     imgs = _numpy(images).astype(np.float32)
     if imgs.ndim == 2:
@@ -39,17 +41,22 @@ def image_grid(images, titles=None, ncols: int | None = None, cmap: str = "gray"
     ncols = min(n, 8) if ncols is None else max(1, int(ncols))
     nrows = math.ceil(n / ncols)
     fig = new_figure(figsize=(panel_size_in * ncols, panel_size_in * nrows + (0.4 if suptitle else 0.0)))
+    shared_scale = shared_scale or colorbar
     vmin, vmax = (float(imgs.min()), float(imgs.max())) if shared_scale else (None, None)
+    axes = []
     for i in range(n):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        ax.imshow(imgs[i], cmap=cmap, vmin=vmin, vmax=vmax)
+        im = ax.imshow(imgs[i], cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_xticks([])
         ax.set_yticks([])
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=8)
+        axes.append(ax)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
+    if colorbar:
+        fig.colorbar(im, ax=axes, fraction=0.03, pad=0.02, label=colorbar_label)
     return fig
 
 

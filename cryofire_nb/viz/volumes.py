@@ -69,10 +69,12 @@ def volume_projections(volume, mode: str = "max", title: str | None = None, cmap
 
 
 def volume_series(volumes, titles=None, view: str = "slice", axis: str = "z", ncols: int | None = None,
-                  cmap: str = "gray", panel_size_in: float = 1.6, suptitle: str | None = None):
+                  cmap: str = "gray", panel_size_in: float = 1.6, suptitle: str | None = None,
+                  colorbar: bool = False, colorbar_label: str | None = None):
     """One 2-D view of each of m volumes (m, d, d, d) (e.g. ``volumes_at(traversal, ...)``):
     the central slice or the 'max' / 'sum' projection across ``axis`` ('z', 'y' or 'x');
-    one axes per volume, on a shared grey scale so changes along the series show."""
+    one axes per volume, on a shared grey scale so changes along the series show
+    (``colorbar``: draw that scale, labelled ``colorbar_label``)."""
     vols = _numpy(volumes).astype(np.float32)
     if vols.ndim != 4 or len(set(vols.shape[1:])) != 1:
         raise ValueError(f"volumes must be (m, d, d, d), got {vols.shape}")
@@ -87,15 +89,19 @@ def volume_series(volumes, titles=None, view: str = "slice", axis: str = "z", nc
     ncols = min(m, 10) if ncols is None else max(1, int(ncols))
     nrows = math.ceil(m / ncols)
     fig = new_figure(figsize=(panel_size_in * ncols, panel_size_in * nrows + (0.4 if suptitle else 0.0)))
+    axes = []
     for i, img in enumerate(imgs):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
+        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(str(i) if titles is None else str(titles[i]), fontsize=8)
+        axes.append(ax)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
+    if colorbar:
+        fig.colorbar(im, ax=axes, fraction=0.03, pad=0.02, label=colorbar_label)
     return fig
 
 
