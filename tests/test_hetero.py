@@ -284,3 +284,17 @@ def test_rounds_that_do_not_settle_are_undone(hetero_set):
     assert len(kept) == len(stages) - 1 and torch.equal(res.rots, kept[-1])  # the poses before the undone round
     every = hetero_refine(hd, start, sh, t[:, None], replace(cfg, settle_fraction=1.01), progress=False)
     assert [h["stage"] for h in every.history if h["stage"].startswith("local")] == ["local"] * 4
+
+
+def test_the_first_local_rounds_run_even_when_the_time_is_up(hetero_set):
+    """With no time left after the global stage the table would be the coarse grid's: the
+    first ``min_local_rounds`` rounds still run, the later ones are skipped."""
+    s, hd, t = hetero_set
+    gt = read_poses(s.poses)
+    start = _perturb(torch.as_tensor(gt.rots), 8.0, 3)
+    sh = torch.as_tensor(gt.shift_px(D)).float()
+    cfg = HeteroRefineConfig(n_components=1, global_search=False, gauge="none", refine_steps_deg=(4.0, 2.0, 1.0),
+                             settle_fraction=1.01, min_local_rounds=2)
+    res = hetero_refine(hd, start, sh, t[:, None], cfg, progress=False, time_limit_s=0.0)
+    stages = [h["stage"] for h in res.history if h["stage"].startswith("local")]
+    assert stages == ["local", "local", "local-skipped"], stages
