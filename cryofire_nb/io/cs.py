@@ -29,7 +29,8 @@ def read_cs(path: str | Path) -> np.ndarray:
         raise InputError(path, "file not found", "check the path")
     try:
         table = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
+    except Exception as err:  # noqa: BLE001 - np.load raises ValueError, EOFError, SyntaxError,
+        # tokenize.TokenError (a damaged header dictionary), MemoryError (a huge shape), ...: all the file's fault
         raise InputError(path, f"not a cryoSPARC .cs file ({err})",
                          "pass a particle .cs exported by cryoSPARC") from err
     if not isinstance(table, np.ndarray) or table.dtype.names is None or table.ndim != 1:

@@ -28,7 +28,7 @@ from .. import validate
 from ..errors import InputError
 from .cs import read_cs, require_fields
 from .records import CtfParams, Poses
-from .star import StarTable, read_star
+from .star import StarTable, numeric_column, read_star
 
 
 class PosesAndCtf(NamedTuple):
@@ -56,7 +56,7 @@ def _per_particle(value, n: int) -> np.ndarray:
 
 
 def _finite(path, arr: np.ndarray, what: str) -> np.ndarray:
-    bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+    bad = ~np.isfinite(arr).all(axis=tuple(range(1, arr.ndim)))  # per row (no reshape: 0 rows are fine)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise InputError(path, f"{what} is NaN/inf for {int(bad.sum())} particles (first: row {first})",
@@ -87,6 +87,12 @@ def parse_star_poses_ctf(star: str | Path | StarTable, d: int | None = None,
     optics = table.optics_values()
     n = len(df)
     cols = set(df.columns)
+    if n == 0:
+        raise InputError(path, "the particle block has no rows", "pass a STAR file with particles")
+
+    def num(*columns) -> np.ndarray:  # text where a number belongs (a damaged line) reads as NaN
+        out = np.stack([numeric_column(path, df, c) for c in columns], axis=1)
+        return out[:, 0] if len(columns) == 1 else out
 
     _positive(path, d, "-D")
     _positive(path, pixel_size_angstrom, "--Apix")
@@ -118,14 +124,14 @@ def parse_star_poses_ctf(star: str | Path | StarTable, d: int | None = None,
             return stored
         ctf = CtfParams.from_columns(
             image_size=box, pixel_size_angstrom=need_apix("the CTF table"),
-            defocus_u_angstrom=_finite(path, df["rlnDefocusU"].to_numpy(np.float64), "rlnDefocusU"),
-            defocus_v_angstrom=_finite(path, df["rlnDefocusV"].to_numpy(np.float64), "rlnDefocusV"),
-            defocus_angle_deg=_finite(path, df["rlnDefocusAngle"].to_numpy(np.float64), "rlnDefocusAngle"),
+            defocus_u_angstrom=_finite(path, num("rlnDefocusU"), "rlnDefocusU"),
+            defocus_v_angstrom=_finite(path, num("rlnDefocusV"), "rlnDefocusV"),
+            defocus_angle_deg=_finite(path, num("rlnDefocusAngle"), "rlnDefocusAngle"),
             voltage_kv=value(voltage_kv, "rlnVoltage", "--kv", optics.voltage_kv),
             cs_mm=value(cs_mm, "rlnSphericalAberration", "--cs", optics.cs_mm),
             amplitude_contrast=value(amplitude_contrast, "rlnAmplitudeContrast", "-w", optics.amplitude_contrast),
             phase_shift_deg=(_per_particle(phase_shift_deg, n) if phase_shift_deg is not None
-                             else df["rlnPhaseShift"].to_numpy(np.float64) if "rlnPhaseShift" in cols else 0.0),
+                             else num("rlnPhaseShift") if "rlnPhaseShift" in cols else 0.0),
         )
         _finite(path, ctf.table, "CTF parameters")
         validate.check_ctf_table(ctf.table, path, _STAR_FIXES)
@@ -139,12 +145,12 @@ def parse_star_poses_ctf(star: str | Path | StarTable, d: int | None = None,
     if present:
         from ..rotations import relion_euler_to_matrix
 
-        euler = _finite(path, np.array(df[list(_EULER_STAR)], dtype=np.float64), "Euler angles")  # (n, 3) degrees
+        euler = _finite(path, num(*_EULER_STAR), "Euler angles")  # (n, 3) degrees
         rots = relion_euler_to_matrix(euler).numpy()  # (n, 3, 3)
         if {"rlnOriginX", "rlnOriginY"} <= cols:
-            shift_px = df[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64)
+            shift_px = num("rlnOriginX", "rlnOriginY")
         elif {"rlnOriginXAngst", "rlnOriginYAngst"} <= cols:
-            shift_angstrom = df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64)  # (n, 2)
+            shift_angstrom = num("rlnOriginXAngst", "rlnOriginYAngst")  # (n, 2)
             shift_px = shift_angstrom / need_apix("_rlnOriginXAngst")[:, None]
             if d is not None and pixel_size_angstrom is None and optics.image_size is not None \
                     and (optics.image_size != int(d)).any():
@@ -177,6 +183,8 @@ def parse_cs_poses_ctf(cs: str | Path | np.ndarray, d: int | None = None,
         table = read_cs(path)
     names = set(table.dtype.names)
     n = len(table)
+    if n == 0:
+        raise InputError(path, "the table has no rows", "pass a .cs file with particles")
     _positive(path, d, "-D")
     _positive(path, pixel_size_angstrom, "--Apix")
     if d is not None:

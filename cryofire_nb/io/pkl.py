@@ -23,6 +23,7 @@ and CTF with NaN/inf are rejected. Writers are atomic.
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def load_pickles(path: str | Path) -> list:
     if not path.is_file():
         raise InputError(path, "file not found", "check the path")
     objects = []
-    with open(path, "rb") as f:
+    # Read from memory: a damaged length field then reads as truncated data, where a file
+    # object would first allocate the gigabytes the field claims.
+    with io.BytesIO(path.read_bytes()) as f:
         while True:
             try:
                 objects.append(DataUnpickler(f, path).load())
@@ -81,7 +84,7 @@ def load_pickles(path: str | Path) -> list:
             except InputError:  # a refused object is refused wherever it appears in the file
                 raise
             except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError,
-                    IndexError, KeyError) as err:
+                    IndexError, KeyError, OverflowError, MemoryError, RecursionError) as err:
                 if objects:  # trailing garbage after valid pickles: keep what was read
                     break
                 raise InputError(path, f"not a readable pickle file ({err})",

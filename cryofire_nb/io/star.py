@@ -16,6 +16,7 @@ centred projection translated by **minus** the origin shift.
 
 from __future__ import annotations
 
+import linecache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +71,8 @@ class StarTable:
                              "add _rlnOpticsGroup to the particles block")
         if "rlnOpticsGroup" not in self.optics.columns:
             raise InputError(self.path, "the optics block has no _rlnOpticsGroup column", "fix the optics block")
-        lookup = pd.Index(self.optics["rlnOpticsGroup"].astype(np.int64))
-        groups = self.particles["rlnOpticsGroup"].astype(np.int64)
+        lookup = pd.Index(_group_numbers(self.path, self.optics["rlnOpticsGroup"], "data_optics"))
+        groups = pd.Series(_group_numbers(self.path, self.particles["rlnOpticsGroup"], "the particles block"))
         rows = lookup.get_indexer(groups)
         if (rows < 0).any():
             missing = sorted(set(groups[rows < 0].tolist()))
@@ -95,7 +96,7 @@ class StarTable:
         df = self.merged()
 
         def col(name, dtype=np.float64):
-            return df[name].to_numpy(dtype=dtype) if name in df.columns else None
+            return numeric_column(self.path, df, name, dtype) if name in df.columns else None
 
         pixel_size = col("rlnImagePixelSize")
         if pixel_size is None and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
@@ -109,6 +110,29 @@ class StarTable:
         return StarTable(rows, self.optics, self.particles_block, self.path)
 
 
+def numeric_column(path: Path | None, df: pd.DataFrame, name: str, dtype=np.float64) -> np.ndarray:
+    """Column ``name`` as numbers: text in a numeric column (a damaged line) is NaN, and
+    NaN in an integer column (a box size) is the user's file to fix."""
+    values = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
+    if np.dtype(dtype).kind in "iu":
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) > 2 ** 53)
+        if bad.any():
+            raise InputError(path, f"_{name} has {int(bad.sum())} value(s) that are not whole numbers (first: "
+                             f"{df[name].iloc[int(np.argmax(bad))]!r})", f"fix _{name}")
+    return values.astype(dtype)
+
+
+def _group_numbers(path: Path | None, column: pd.Series, block: str) -> np.ndarray:
+    """``rlnOpticsGroup`` as int64; text, NaN or fractions are the user's file to fix."""
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) > 2 ** 53)
+    if bad.any():
+        raise InputError(path, f"_rlnOpticsGroup in {block} has {int(bad.sum())} value(s) that are not whole "
+                         f"numbers (first: {column.iloc[int(np.argmax(bad))]!r})",
+                         "fix the optics group numbers")
+    return values.astype(np.int64)
+
+
 def read_star(path: str | Path) -> StarTable:
     """Read a RELION 3.0, 3.1 or 5 STAR file (any block order)."""
     path = Path(path)
@@ -118,7 +142,15 @@ def read_star(path: str | Path) -> StarTable:
         blocks = starfile.read(path, always_dict=True)
     except Exception as err:
         raise InputError(path, f"cannot parse the STAR file ({err})", "check that this is a RELION .star file") from err
+    finally:
+        # starfile reads lines through linecache and clears it only after a successful
+        # parse: after a failure the same path, corrected, would read back stale lines
+        linecache.clearcache()
     tables = {name: df for name, df in blocks.items() if isinstance(df, pd.DataFrame)}
+    for name, df in tables.items():  # a repeated header line would make df[column] a table, not a column
+        twice = df.columns[df.columns.duplicated()]
+        if len(twice):
+            raise InputError(path, f"column _{twice[0]} appears twice in data_{name}", "remove the repeated line")
     optics = tables.pop(OPTICS_BLOCK, None)
     if "particles" in tables:
         name = "particles"
