@@ -5,6 +5,7 @@
 #   make test-slow      tests marked `slow` or `cryodrgn`
 #   make check-notebooks  notebooks are committed executed, in order, without volatile metadata
 #   make run-notebooks  re-execute notebooks/*.ipynb in place, strip volatile metadata, check
+#   make site           the executed notebooks as static HTML pages with an index, in site/
 #   make test-browser   notebook 05 in headless JupyterLab + Chromium (Playwright): widget, lasso, files
 #   make demo           cryofire-nb demo -o demo_out
 #   make bench          every bench/ script against cryoDRGN (needs make cryodrgn-venv)
@@ -43,11 +44,11 @@ NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 # nbval collects the notebooks only when they exist, so `make test` works before they do.
 NBVAL_ARGS := $(if $(NOTEBOOKS),--nbval-lax --nbval-current-env $(NOTEBOOKS))
 
-.PHONY: help install test test-slow check-notebooks run-notebooks test-browser demo bench bench-train \
+.PHONY: help install test test-slow check-notebooks run-notebooks site test-browser demo bench bench-train \
 	cryodrgn-venv cryodrgn-check clean distclean
 
 help:
-	@sed -n '3,14p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- install
 install: $(INSTALLED)
@@ -101,6 +102,12 @@ run-notebooks: $(INSTALLED)
 		--ExecutePreprocessor.timeout=3600 --ExecutePreprocessor.kernel_name=python3 $(NB)
 	$(VENV_BIN)/python tools/check_notebooks.py --fix $(NB)
 
+# Static HTML of the committed notebooks (nothing re-executed), readable without Jupyter:
+# open site/index.html. site/ is git-ignored.
+SITE ?= site
+site: $(INSTALLED)
+	$(VENV_BIN)/python tools/build_site.py --out $(SITE) $(NOTEBOOKS)
+
 # ---------------------------------------------------------------- run
 demo: $(INSTALLED)
 	$(RUN_ENV) $(VENV_BIN)/cryofire-nb demo -o demo_out
@@ -142,7 +149,7 @@ cryodrgn-check:
 
 # ---------------------------------------------------------------- clean
 clean:
-	rm -rf build dist .pytest_cache demo_out bench/out *.egg-info
+	rm -rf build dist .pytest_cache demo_out bench/out *.egg-info site
 	find . \( -path ./$(VENV) -o -path ./$(CRYODRGN_VENV) -o -path ./.git \) -prune -o \
 		\( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -print \
 		| xargs -r rm -rf
