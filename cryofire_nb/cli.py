@@ -21,9 +21,11 @@ from .errors import InputError
 # Failures of the machine rather than of the program: reported in one line, no traceback.
 SYSTEM_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EACCES: "permission denied",
                  errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
-                 errno.EDQUOT: "disk quota exceeded", errno.EIO: "input/output error"}
+                 errno.EDQUOT: "disk quota exceeded", errno.EIO: "input/output error",
+                 errno.EFBIG: "file too large (for the file system, or for the shell's file size limit)"}
 SYSTEM_FIXES = {errno.ENOSPC: "free disk space or write to another disk",
                 errno.EDQUOT: "free space within your quota or write elsewhere",
+                errno.EFBIG: "write to a file system that takes large files, or raise the limit (ulimit -f)",
                 errno.EIO: "check the disk (and its connection), then run again"}
 
 

@@ -46,6 +46,8 @@ def main(args: argparse.Namespace) -> int:
     if zs.shape[1] != k:
         raise InputError(source, f"gives {zs.shape[1]} numbers per latent vector, the run has zdim {k}",
                          f"pass {k} values" + (" (or none: the run is homogeneous)" if k == 0 else ""))
+    if not np.isfinite(zs).all():  # float() takes "nan" and "inf": the volume would be NaN throughout
+        raise InputError(source, "has NaN/inf values", "pass finite numbers")
     guard_folder(args.outdir, [args.run, args.zfile], overwrite=args.overwrite,
                  products=[f"{args.prefix}{i:03d}.mrc" for i in range(len(zs))])
     dev = next(model.parameters()).device

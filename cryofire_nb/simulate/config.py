@@ -266,6 +266,9 @@ class SimConfig:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise InputError(path, f"not valid YAML ({err})", "fix the syntax") from err
+        except UnicodeDecodeError as err:  # a binary file passed by mistake
+            raise InputError(path, f"not a text file ({err.reason} at byte {err.start})",
+                             "pass the simulation settings (YAML)") from err
         return cls.from_dict(raw, source=path)
 
     def replace(self, **changes) -> "SimConfig":

@@ -202,7 +202,8 @@ def write_figures(out: Path, m: RunMetrics, z: np.ndarray, conf, labels, truth: 
         pcs = zc @ vt[:2].T if vt.shape[0] >= 2 else np.concatenate([zc @ vt[:1].T, np.zeros((len(z), 1))], 1)
         color = conf if conf is not None else labels
         fig, ax = plt.subplots(figsize=(4.6, 3.8))
-        sc = ax.scatter(pcs[:, 0], pcs[:, 1], c=color, s=4, cmap="viridis")
+        sc = ax.scatter(pcs[:, 0], pcs[:, 1], c=color, s=4, cmap="viridis" if color is not None else None)
+        # (a colour map without colours makes matplotlib warn, which the CLI would show the user)
         if color is not None:
             fig.colorbar(sc, ax=ax, label="true t" if conf is not None else "true state")
         ax.set_xlabel("PC1 of z")
