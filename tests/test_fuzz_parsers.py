@@ -287,3 +287,33 @@ def test_star_corrected_after_a_failed_read_reads_fresh(seeds, tmp_path):
         read_star(path)
     path.write_bytes(good)
     assert len(read_star(path)) == N
+
+
+FIXTURE_FILES = ["cryodrgn/relion31.star", "cryodrgn/relion5.star", "cryodrgn/relion31.6opticsgroups.star",
+                 "cryodrgn/empiar_10076_7.star", "cryodrgn/empiar_10076_7.cs", "cryodrgn/ctf1.pkl",
+                 "cryodrgn/toy_rot_trans.pkl"]
+
+
+def _fixture_reader(path: Path):
+    if path.suffix == ".star":
+        table = read_star(path)
+        try:  # -D / --Apix may be needed (and then asked for): the parse is still exercised
+            return table, parse_star_poses_ctf(table)
+        except InputError:
+            return table, None
+    if path.suffix == ".cs":
+        return read_cs(path)
+    return load_pickles(path)
+
+
+@pytest.mark.parametrize("n_examples", BUDGETS)
+@pytest.mark.parametrize("name", FIXTURE_FILES)
+def test_fixture_mutations_read_or_input_error(fixtures_dir, tmp_path, name, n_examples):
+    """Files written by cryoDRGN / RELION / cryoSPARC (``../shared/fixtures``), mutated."""
+    src = fixtures_dir / name
+    if not src.is_file():
+        pytest.skip(f"{src} not present")
+    seed = src.read_bytes()
+    target = tmp_path / src.name
+    run_property(n_examples, mutations(seed, text=src.suffix == ".star"),
+                 lambda data: reads_or_input_error(target, data, _fixture_reader))
