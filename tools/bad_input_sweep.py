@@ -291,7 +291,7 @@ def cases() -> list[Case]:
                        ("train", ["-o", "{C}/out", "--epochs", "1", *TINY_TRAIN]),
                        ("infer", None)):
         def args(particles, cmd=cmd, extra=extra):
-            return [RUN, particles, "-o", "{C}/out"] if cmd == "infer" else [particles, *extra]
+            return [RUN, particles, "-o", "{C}/out", "--ctf", CTF] if cmd == "infer" else [particles, *extra]
         add(f"{cmd}-missing-particles", cmd, args("{C}/nope.mrcs"), "particle file missing")
         add(f"{cmd}-empty-particles", cmd, args("{C}/empty.mrcs"), "empty .mrcs", setup=write_bytes("empty.mrcs", b""))
         add(f"{cmd}-truncated-particles", cmd, args("{C}/t.mrcs"), ".mrcs cut in half",
@@ -524,22 +524,22 @@ def cases() -> list[Case]:
 
     # ---- infer
     add("infer-ok", "infer", [RUN, P, "-o", "{C}/inf", "--ctf", CTF], "valid", expect="ok")
-    add("infer-run-missing", "infer", ["{C}/norun", P, "-o", "{C}/inf"], "run folder missing")
-    add("infer-run-without-weights", "infer", ["{C}/run", P, "-o", "{C}/inf"], "run folder without weights.pt",
+    add("infer-run-missing", "infer", ["{C}/norun", P, "-o", "{C}/inf", "--ctf", CTF], "run folder missing")
+    add("infer-run-without-weights", "infer", ["{C}/run", P, "-o", "{C}/inf", "--ctf", CTF], "run folder without weights.pt",
         setup=lambda b, c: (c / "run").mkdir())
-    add("infer-weights-code", "infer", ["{C}/run", P, "-o", "{C}/inf"], "crafted weights.pt that runs a command",
+    add("infer-weights-code", "infer", ["{C}/run", P, "-o", "{C}/inf", "--ctf", CTF], "crafted weights.pt that runs a command",
         setup=crafted_torch("run/weights.pt", copy_run=True))
-    add("infer-weights-truncated", "infer", ["{C}/run", P, "-o", "{C}/inf"], "weights.pt cut in half",
+    add("infer-weights-truncated", "infer", ["{C}/run", P, "-o", "{C}/inf", "--ctf", CTF], "weights.pt cut in half",
         setup=chain(copy("run", "run"), lambda b, c: (c / "run/weights.pt").write_bytes(
             (b / "run/weights.pt").read_bytes()[:2000])))
-    add("infer-box-mismatch", "infer", [RUN, "{C}/small.mrcs", "-o", "{C}/inf"], "8-px particles for a 16-px run",
+    add("infer-box-mismatch", "infer", [RUN, "{C}/small.mrcs", "-o", "{C}/inf", "--ctf", CTF], "8-px particles for a 16-px run",
         setup=stack("small.mrcs", lambda x: x[:, ::2, ::2]))
-    add("infer-batch-0", "infer", [RUN, P, "-o", "{C}/inf", "-b", "0"], "-b 0")
-    add("infer-existing-output", "infer", [RUN, P, "-o", "{C}/inf"], "output folder holds results",
+    add("infer-batch-0", "infer", [RUN, P, "-o", "{C}/inf", "--ctf", CTF, "-b", "0"], "-b 0")
+    add("infer-existing-output", "infer", [RUN, P, "-o", "{C}/inf", "--ctf", CTF], "output folder holds results",
         setup=write_bytes("inf/z.pkl", b"earlier"))
-    add("infer-output-is-run", "infer", ["{C}/run", P, "-o", "{C}/run"], "-o is the run folder",
+    add("infer-output-is-run", "infer", ["{C}/run", P, "-o", "{C}/run", "--ctf", CTF], "-o is the run folder",
         setup=copy("run", "run"))
-    add("infer-search-bins-0", "infer", [RUN, P, "-o", "{C}/inf", "--search", "--search-bins", "0"],
+    add("infer-search-bins-0", "infer", [RUN, P, "-o", "{C}/inf", "--ctf", CTF, "--search", "--search-bins", "0"],
         "--search-bins 0")
 
     # ---- eval-vol
