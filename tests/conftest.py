@@ -47,11 +47,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _uses_fixtures(source: str) -> bool:
-    """A notebook cell that reads the reference fixtures (not the set-up cell naming them)."""
-    return "FIXTURES /" in source or "CRYODRGN_FIX" in source
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not CRYODRGN_PYTHON.exists():
         skip = pytest.mark.skip(
@@ -59,24 +54,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
         for item in items:
             if "cryodrgn" in item.keywords:
-                item.add_marker(skip)
-    if not FIXTURES_DIR.is_dir():
-        # Notebook cells (nbval) from the first one that reads the fixtures to the end of
-        # its notebook (later cells may use what it read), as the fixtures_dir tests skip.
-        skip = pytest.mark.skip(
-            reason=f"reference fixtures not found at {FIXTURES_DIR}: the shared/ folder must sit "
-            "beside the repository (or set CRYOFIRE_FIXTURES)"
-        )
-        reached: set[str] = set()
-        for item in items:
-            cell = getattr(item, "cell", None)
-            if cell is None or not str(getattr(item, "fspath", "")).endswith(".ipynb"):
-                continue
-            nb = str(item.fspath)
-            source = cell.get("source", "") if isinstance(cell, dict) else ""
-            source = "".join(source) if isinstance(source, list) else source
-            if nb in reached or _uses_fixtures(source):
-                reached.add(nb)
                 item.add_marker(skip)
 
 
