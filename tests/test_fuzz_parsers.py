@@ -29,7 +29,7 @@ from cryofire_nb.io import (CtfParams, ImageSource, Latents, Poses, make_cs_tabl
 from cryofire_nb.io.pkl import load_pickles  # noqa: E402
 
 FAST = 60
-SLOW = int(os.environ.get("CRYOFIRE_FUZZ_EXAMPLES", "2000"))
+SLOW = int(os.environ.get("CRYOFIRE_FUZZ_EXAMPLES", "1000"))
 BUDGETS = [pytest.param(FAST, id="fast"), pytest.param(SLOW, id="slow", marks=pytest.mark.slow)]
 N, D = 4, 8
 

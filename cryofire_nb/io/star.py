@@ -72,6 +72,9 @@ class StarTable:
         if "rlnOpticsGroup" not in self.optics.columns:
             raise InputError(self.path, "the optics block has no _rlnOpticsGroup column", "fix the optics block")
         lookup = pd.Index(_group_numbers(self.path, self.optics["rlnOpticsGroup"], "data_optics"))
+        if lookup.has_duplicates:  # two rows for one group: which one a particle gets is undefined
+            raise InputError(self.path, f"optics group {lookup[lookup.duplicated()][0]} appears twice in data_optics",
+                             "keep one row per optics group")
         groups = pd.Series(_group_numbers(self.path, self.particles["rlnOpticsGroup"], "the particles block"))
         rows = lookup.get_indexer(groups)
         if (rows < 0).any():
