@@ -124,3 +124,31 @@ def test_checker_rejects_committed_error(tmp_path: Path) -> None:
     nb.cells[4].outputs = [new_output("error", ename="AssertionError", evalue="", traceback=[])]
     problems = checker.check_notebook(_write(nb, tmp_path))
     assert any("AssertionError" in p.message for p in problems)
+
+
+def test_checker_flags_files_outside_the_repository(tmp_path: Path) -> None:
+    nb = _executed_notebook()
+    nb.cells[1].source = 'FIX = REPO.parent / "shared" / "fixtures"'
+    problems = checker.check_notebook(_write(nb, tmp_path))
+    assert any("outside the repository" in p.message for p in problems)
+
+
+def test_checker_flags_output_checks_on_training_cells(tmp_path: Path) -> None:
+    nb = _executed_notebook()
+    nb.cells[4].source = "# NBVAL_CHECK_OUTPUT\nresult = train(config)\nresult"
+    problems = checker.check_notebook(_write(nb, tmp_path))
+    assert any("trains or searches" in p.message for p in problems)
+    nb.cells[4].source = "result = train(config)\nresult"  # no comparison: fine
+    assert not checker.check_notebook(_write(nb, tmp_path, "ok.ipynb"))
+
+
+def test_notebooks_cite_pages_that_exist() -> None:
+    import re
+
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type != "markdown":
+                continue
+            for target in re.findall(r"\]\((\.\./[^)#\s]+)", cell.source):
+                assert (path.parent / target).resolve().exists(), f"{path.name}: link to missing {target}"

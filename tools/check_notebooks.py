@@ -11,7 +11,12 @@ notebook must be saved straight after a clean "restart and run all":
   ``PARAMETERS_WITHIN`` code cells;
 - no volatile metadata: per-cell timings (``execution``, ``ExecuteTime``), UI state
   (``collapsed``, ``scrolled``), notebook ``signature``; saved widget state only while
-  it is small (``MAX_WIDGET_STATE_BYTES``); the file stays under ``max_bytes``.
+  it is small (``MAX_WIDGET_STATE_BYTES``); the file stays under ``max_bytes``;
+- self-contained: no cell reads files outside the repository (``OUTSIDE_REPOSITORY``), so
+  a fresh clone runs every cell;
+- no output comparison on a cell that trains or searches (``STOCHASTIC_CALLS``): their
+  numbers change in the last digits between machines and thread counts, so such claims
+  are ``assert`` cells with margins instead.
 
 Usage::
 
@@ -38,6 +43,9 @@ VOLATILE_CELL_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled")
 VOLATILE_NOTEBOOK_METADATA = ("signature",)
 MAX_WIDGET_STATE_BYTES = 20_000
 MAX_NOTEBOOK_BYTES = 10_000_000
+CHECK_OUTPUT_MARKER = "# NBVAL_CHECK_OUTPUT"
+OUTSIDE_REPOSITORY = ("shared/fixtures", "CRYOFIRE_FIXTURES", '"shared"')
+STOCHASTIC_CALLS = ("train(", "run_abinit(", "hetero_refine(", "train_known_poses(")
 
 
 class Problem(NamedTuple):
@@ -106,6 +114,14 @@ def check_notebook(path: Path, max_bytes: int = MAX_NOTEBOOK_BYTES) -> list[Prob
         if not cell.source.strip():
             add(index, "empty code cell: delete it")
             continue
+        for marker in OUTSIDE_REPOSITORY:
+            if marker in cell.source:
+                add(index, f"reads files outside the repository ({marker!r}): a fresh clone cannot run it")
+        if cell.source.lstrip().startswith(CHECK_OUTPUT_MARKER):
+            calls = [c for c in STOCHASTIC_CALLS if c in cell.source]
+            if calls:
+                add(index, f"output compared digit for digit on a cell that trains or searches ({calls[0]!r}): "
+                    "drop the marker and state the claim as an assert with a margin")
         count = cell.get("execution_count")
         if count is None:
             add(index, "code cell was not executed (no execution count)")
