@@ -102,8 +102,8 @@ def test_signal_writes_everything_and_resume_matches_uninterrupted_run(synth, st
 
 
 def test_first_signal_is_recorded_second_acts_and_handlers_come_back():
-    # as in an interactive shell: a job started in the background inherits SIGINT ignored,
-    # and the second signal then falls back to that
+    # as in an interactive shell, whatever handler the test process started with (the second
+    # signal falls back to the handler that was there before)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _first_signal_is_recorded_second_acts()
