@@ -317,3 +317,16 @@ def test_fixture_mutations_read_or_input_error(fixtures_dir, tmp_path, name, n_e
     target = tmp_path / src.name
     run_property(n_examples, mutations(seed, text=src.suffix == ".star"),
                  lambda data: reads_or_input_error(target, data, _fixture_reader))
+
+
+@pytest.mark.parametrize("name, edits", [
+    ("z.pkl", [("flip", 138, 3)]),  # numpy's C reconstructor: SystemError
+    ("r31.star", [("dup_line", 0, 0), ("dup_line", 15, 0)]),  # an optics row twice
+    ("p.cs", [("flip", 37, 1)]),  # damaged header dictionary: SyntaxError / TokenError
+], ids=["pkl-system-error", "star-optics-row-twice", "cs-header"])
+def test_crashes_found_by_fuzzing_are_input_errors(seeds, tmp_path, name, edits):
+    read = {"z.pkl": read_latents, "r31.star": star_reader, "p.cs": cs_reader}[name]
+    path = tmp_path / name
+    path.write_bytes(apply_edits(seeds[name], edits))
+    with pytest.raises(InputError):
+        read(path)

@@ -84,7 +84,8 @@ def load_pickles(path: str | Path) -> list:
             except InputError:  # a refused object is refused wherever it appears in the file
                 raise
             except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError,
-                    IndexError, KeyError, OverflowError, MemoryError, RecursionError) as err:
+                    IndexError, KeyError, OverflowError, MemoryError, RecursionError,
+                    SystemError) as err:  # SystemError: numpy's C reconstructor on some damaged arrays
                 if objects:  # trailing garbage after valid pickles: keep what was read
                     break
                 raise InputError(path, f"not a readable pickle file ({err})",
