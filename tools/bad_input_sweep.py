@@ -709,7 +709,8 @@ def run_case(case: Case, base: Path, work: Path) -> Outcome:
             o.outcome, o.detail = "silent-wrong", "exit 0 on input that should be refused"
         elif warned:
             o.outcome = "ok-warning"
-            o.detail = [line for line in err.splitlines() if "warning:" in line][0][:220]
+            line = [line for line in err.splitlines() if "warning:" in line][0]
+            o.detail = line[max(line.find("cryofire-nb "), 0):][:220]  # without a progress bar's carriage returns
         else:
             o.outcome, o.detail = "ok", (out.strip().splitlines() or [""])[-1][:200]
     else:
