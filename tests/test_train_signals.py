@@ -54,7 +54,9 @@ def straight(synth, tmp_path_factory) -> Path:
 
 def run_and_signal(cmd: list[str], sig: int, ready, timeout: float = 300) -> subprocess.CompletedProcess:
     """Start ``cmd``, send ``sig`` once ``ready()`` holds, return the finished process."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the child hears SIGINT even when this test runs as a background job (which ignores it)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     while not ready() and proc.poll() is None and time.monotonic() - t0 < timeout:
         time.sleep(0.02)
@@ -188,3 +190,16 @@ def test_signal_during_the_pose_search_stops_after_it_and_resumes(tmp_path):
     got, want = outputs(out), outputs(ref)
     for a, b in zip(got[:3], want[:3]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_ignored_signal_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started in the background
+    try:
+        with interrupt.stop_on_signals() as req:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert req.signum is None and interrupt.requested() is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -651,6 +651,7 @@ def run_case(case: Case, base: Path, work: Path) -> Outcome:
     cmd = [sys.executable, "-m", "cryofire_nb", case.command, *args]
 
     def limits():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # heard even when the sweep runs in the background
         if case.fsize_limit is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() instead of a kill
             resource.setrlimit(resource.RLIMIT_FSIZE, (case.fsize_limit, case.fsize_limit))

@@ -69,7 +69,9 @@ def stop_on_signals(signals=SIGNALS):
     if threading.current_thread() is not threading.main_thread() or _active is not None:
         yield req
         return
-    previous = {s: signal.getsignal(s) for s in signals}
+    # A signal already ignored stays ignored (the convention for jobs started in the
+    # background, where Ctrl-C in the terminal is meant for the foreground job only).
+    previous = {s: h for s in signals if (h := signal.getsignal(s)) is not signal.SIG_IGN}
 
     def restore() -> None:
         for s, h in previous.items():
@@ -80,7 +82,7 @@ def stop_on_signals(signals=SIGNALS):
             req.signum, req.stage = signum, _stage
         restore()  # a second signal acts at once
 
-    for s in signals:
+    for s in previous:
         signal.signal(s, handler)
     _active = req
     try:
