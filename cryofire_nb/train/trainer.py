@@ -535,8 +535,8 @@ class Trainer:
             if far > ENCODER_TABLE_WARN_DEG:
                 self._warn(f"the encoder's rotations are {far:.1f} deg (median) from the pose table on particles "
                            f"it did not train on ({last['training_rotation_median_deg']:.1f} deg on training "
-                           "particles): use the table (poses.pkl, z.pkl) for this set, and infer --refine or "
-                           "--search for new particles")
+                           "particles): use the table (poses.pkl, z.pkl) for this set, and infer --search for new "
+                           "particles (--refine only corrects poses that are already close)")
 
     def _table_final(self) -> bool:
         """The pose targets are the run's refined table (not yet the search's poses)."""
