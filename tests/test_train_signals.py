@@ -128,6 +128,14 @@ def _first_signal_is_recorded_second_acts():
 
 
 def test_stage_is_recorded_and_sigint_exit_code():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in an interactive shell
+    try:
+        _stage_is_recorded()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stage_is_recorded():
     with interrupt.stop_on_signals() as req:
         with interrupt.stage("voxel pose search"):
             os.kill(os.getpid(), signal.SIGINT)
