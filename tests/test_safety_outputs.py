@@ -16,6 +16,7 @@ from cryofire_nb.errors import InputError
 from cryofire_nb.io import read_mrc, write_indices, write_mrc
 from cryofire_nb.io.outputs_guard import check_writable, guard_files, guard_folder
 from cryofire_nb.train.synthetic import make_synthetic_set
+from cli_checks import one_line_error
 
 DEMO = Path(__file__).resolve().parents[1] / "data_demo"
 
@@ -40,15 +41,6 @@ def run(synth, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
     assert main(["train", str(synth.particles), "--ctf", str(synth.ctf), "-o", str(out), *TINY]) == 0
     return out
-
-
-def one_line_error(capsys, *fragments) -> str:
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.strip().splitlines() if "warning:" not in ln]
-    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in err, err
-    for f in fragments:
-        assert f in lines[0], (f, err)
-    return lines[0]
 
 
 def snapshot(folder):

@@ -18,20 +18,12 @@ from cryofire_nb.io.pkl import read_latents
 from cryofire_nb.io.records import Latents
 from cryofire_nb.io.stack import ImageSource
 from cryofire_nb.train.synthetic import make_synthetic_set
+from cli_checks import one_line_error
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     return make_synthetic_set(tmp_path_factory.mktemp("synth"), n=24, d=16, snr=2.0, seed=3)
-
-
-def one_line_error(capsys, *fragments) -> str:
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.strip().splitlines() if "warning:" not in ln]
-    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in err, err
-    for f in fragments:
-        assert f in lines[0], (f, err)
-    return lines[0]
 
 
 def ctf_table(n=4, **changes) -> np.ndarray:
