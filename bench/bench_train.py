@@ -107,7 +107,7 @@ PLAN_RATES = {
     "train_vae": {"train": 5.5},
 }
 # On a GPU (--device cuda): images/s at D = 64, scaled by (64 / D)^2. abinit's pose search
-# and train_vae: the H200 figures (< 70 and about 1,300 img/s); abinit's pretraining:
+# and train_vae: H200 figures reported for cryoDRGN 4.3.1 (< 70 and about 1,300 img/s); abinit's pretraining:
 # 126 img/s measured at D = 128 on an H200 here, scaled; the rest are guesses of the same
 # order. Only the sizing depends on them.
 PLAN_RATES_GPU = {
