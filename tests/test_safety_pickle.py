@@ -87,6 +87,47 @@ def test_numpy_arrays_scalars_and_builtins_load_with_every_protocol(tmp_path, pr
     assert other == [np.float32(1.5), np.int64(2), 1 + 2j, b"x", {"k": 1.0}, True, "s"]
 
 
+def test_arrays_keep_dtype_byte_order_and_memory_order(tmp_path):
+    big_endian = np.arange(6, dtype=">f8").reshape(2, 3)
+    fortran = np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3))
+    for protocol in range(0, pickle.HIGHEST_PROTOCOL + 1):
+        path = _dump(tmp_path / f"a{protocol}.pkl", (big_endian, fortran, np.zeros((0, 3), np.complex64)))
+        a, b, c = load_pickles(path)[0]
+        assert a.dtype == big_endian.dtype and np.array_equal(a, big_endian)
+        assert b.dtype == fortran.dtype and np.array_equal(b, fortran)
+        assert c.shape == (0, 3) and c.dtype == np.complex64
+
+
+def _with_bytes_replaced(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert data.count(old) == 1
+    return data.replace(old, new)
+
+
+def test_damaged_numpy_state_is_refused_before_numpy_sees_it(tmp_path):
+    """numpy's own reconstructor trusts the state in the file: a damaged dtype flag word
+    crashed the interpreter. Each damaged field must give an InputError instead."""
+    data = pickle.dumps(np.arange(8, dtype=np.float32).reshape(4, 2), protocol=4)
+    flags = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00"  # elsize -1, alignment -1, flags 0
+    cases = {
+        "flags": _with_bytes_replaced(data, flags, flags[:-1] + b"\x03"),
+        "shape": _with_bytes_replaced(data, b"K\x04K\x02\x86", b"K\x05K\x02\x86"),
+        "dtype": _with_bytes_replaced(data, b"\x8c\x02f4", b"\x8c\x02O8"),
+    }
+    for name, bad in cases.items():
+        path = tmp_path / f"{name}.pkl"
+        path.write_bytes(bad)
+        with pytest.raises(InputError, match="refusing to load it"):
+            load_pickles(path)
+
+
+def test_length_field_larger_than_the_file_is_refused_without_allocating(tmp_path):
+    # BYTEARRAY8 (protocol 5) claiming 2**62 bytes: the unpickler would allocate first
+    path = tmp_path / "big.pkl"
+    path.write_bytes(b"\x80\x05\x96" + (2 ** 62).to_bytes(8, "little") + b"abc.")
+    with pytest.raises(InputError, match="not a readable pickle file"):
+        load_pickles(path)
+
+
 def test_indices_and_ctf_written_by_the_package_load(tmp_path):
     from cryofire_nb.io.pkl import write_indices
 

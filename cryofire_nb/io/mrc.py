@@ -118,8 +118,9 @@ def open_mrc_memmap(path: str | Path) -> np.ndarray:
     info = read_mrc_header(path)
     with _quiet_mrcfile(), mrcfile.mmap(path, mode="r", permissive=True) as mrc:
         data = mrc.data
-    if data is None:
-        raise InputError(path, "could not memory-map the data block", "check that the file is a complete MRC file")
+    if data is None or data.size != int(np.prod(info.shape)):
+        raise InputError(path, "could not memory-map the data block the header describes",
+                         "check that the file is a complete MRC file")
     return data.reshape(info.shape)
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,23 +37,162 @@ from ._atomic import atomic_path
 from .records import CtfParams, Latents, Poses
 
 
-# (module, name) pairs a cryoDRGN-format pickle may name. numpy arrays and scalars are
-# rebuilt through these functions (``_frombuffer``: protocol 5; ``_codecs.encode``: the
-# bytes of protocols 0-2); numpy 2 writes ``numpy._core``, numpy 1 ``numpy.core``.
-# Everything else a pickle can name is a callable run while loading, hence refused.
+# A pickle names the functions that rebuild its objects. For numpy arrays, dtypes and
+# scalars those are numpy's C reconstructors, which trust their input: a damaged state
+# tuple can crash the interpreter (seen: a segmentation fault from a flipped byte in a
+# z.pkl). So every numpy name resolves to a builder here that checks the state and
+# makes the array with ``np.frombuffer``; numpy 2 writes ``numpy._core``, numpy 1
+# ``numpy.core``. Anything else a pickle can name is a callable run while loading,
+# hence refused.
 _NUMPY_CORE = ("numpy.core", "numpy._core")
-SAFE_PICKLE_GLOBALS = frozenset(
-    {(f"{core}.multiarray", name) for core in _NUMPY_CORE for name in ("_reconstruct", "scalar")}
-    | {(f"{core}.numeric", "_frombuffer") for core in _NUMPY_CORE}
-    | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
-    | {("builtins", name) for name in ("tuple", "list", "dict", "int", "float", "complex", "str", "bytes", "bool")}
+_PLAIN_DTYPE = re.compile(r"[biufc]\d{1,2}|b1|\?")  # bool, integer, float, complex
+_MAX_NDIM = 32  # numpy's own limit
+
+
+class _Refused(ValueError):
+    """A pickle whose numpy objects do not describe a plain array (becomes an InputError)."""
+
+
+def _checked_dtype(dtype) -> np.dtype:
+    if isinstance(dtype, _DtypeState):
+        return dtype.resolve()
+    raise _Refused(f"an array's dtype is {type(dtype).__name__}, not a numpy dtype")
+
+
+def _checked_shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if (not isinstance(shape, tuple) or len(shape) > _MAX_NDIM
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+        raise _Refused(f"an array's shape {shape!r} is not a tuple of sizes")
+    return shape
+
+
+def _array_from_bytes(data, dtype: np.dtype, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
+    if isinstance(data, pickle.PickleBuffer):
+        data = data.raw()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise _Refused(f"an array's data is {type(data).__name__}, not bytes")
+    n = 1
+    for s in shape:
+        n *= s
+    if len(data) != n * dtype.itemsize:
+        raise _Refused(f"an array of shape {shape} and dtype {dtype} needs {n * dtype.itemsize} bytes, "
+                       f"the file holds {len(data)}")
+    flat = np.frombuffer(bytes(data), dtype=dtype)
+    return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+
+
+class _DtypeState:
+    """Stands for ``numpy.dtype(spec, align, copy)`` until its state (byte order) is set."""
+
+    def __init__(self, spec=None, align=False, copy=True):
+        if not isinstance(spec, str) or not _PLAIN_DTYPE.fullmatch(spec):
+            raise _Refused(f"contains an array of dtype {spec!r}; a data file holds numbers only")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state):
+        # (version, byte order, subarray, names, fields, elsize, alignment, flags): numpy
+        # writes (3, order, None, None, None, -1, -1, 0) for every plain type
+        if (not isinstance(state, tuple) or len(state) < 2 or state[1] not in ("<", ">", "|", "=")
+                or any(x is not None for x in state[2:5]) or tuple(state[5:8]) not in ((), (-1, -1, 0))):
+            raise _Refused(f"dtype state {state!r} is not that of a plain numeric type")
+        if state[1] in ("<", ">") and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+    def resolve(self) -> np.dtype:
+        return self.dtype
+
+
+class _ArrayState:
+    """Stands for ``numpy.ndarray`` from ``_reconstruct`` until its state is set."""
+
+    def __init__(self):
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _Refused("an array's state is not numpy's (version, shape, dtype, order, data)")
+        shape, dtype, fortran, data = state[-4:]
+        self.array = _array_from_bytes(data, _checked_dtype(dtype), _checked_shape(shape), bool(fortran))
+
+
+class _NdarrayType:
+    """The ``numpy.ndarray`` a pickle passes to ``_reconstruct``; nothing else accepts it."""
+
+
+def _reconstruct(cls=None, shape=None, typecode=None):
+    if cls is not _NdarrayType:
+        raise _Refused("an array is rebuilt from something other than numpy.ndarray")
+    return _ArrayState()
+
+
+def _scalar(dtype=None, data=None):
+    dtype = _checked_dtype(dtype)
+    return _array_from_bytes(data, dtype, (), False)[()]
+
+
+def _frombuffer(buf=None, dtype=None, shape=None, order="C"):
+    return _array_from_bytes(buf, _checked_dtype(dtype), _checked_shape(shape), order == "F")
+
+
+def _encode(text=None, encoding="utf-8", *errors):
+    # protocols 0-2 write bytes as codecs.encode(str, "latin1"); other codecs are refused
+    # (some decompress, some are slow on crafted input)
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused("bytes are encoded with something other than latin1")
+    return text.encode("latin1")
+
+
+def _bytes(*args):
+    if args and not isinstance(args[0], (bytes, bytearray)):
+        raise _Refused("bytes are built from something other than bytes")  # bytes(10**12) allocates
+    return bytes(*args[:1])
+
+
+SAFE_PICKLE_GLOBALS = (
+    {(f"{core}.multiarray", "_reconstruct"): _reconstruct for core in _NUMPY_CORE}
+    | {(f"{core}.multiarray", "scalar"): _scalar for core in _NUMPY_CORE}
+    | {(f"{core}.numeric", "_frombuffer"): _frombuffer for core in _NUMPY_CORE}
+    | {("numpy", "ndarray"): _NdarrayType, ("numpy", "dtype"): _DtypeState, ("_codecs", "encode"): _encode,
+       ("builtins", "bytes"): _bytes}
+    | {("builtins", t.__name__): t for t in (tuple, list, dict, float, complex, bool)}
 )
 
 
+def _resolve(obj, seen: dict):
+    """``obj`` with every stand-in replaced by the numpy object it describes."""
+    if isinstance(obj, _ArrayState):
+        if obj.array is None:
+            raise _Refused("an array is named without its data")
+        return obj.array
+    if isinstance(obj, _DtypeState):
+        return obj.resolve()
+    if isinstance(obj, (tuple, list, dict)):
+        if id(obj) in seen:
+            return seen[id(obj)]
+        if isinstance(obj, tuple):
+            out = tuple(_resolve(x, seen) for x in obj)
+            seen[id(obj)] = out
+            return out
+        seen[id(obj)] = obj  # lists and dicts are fixed in place, so a cycle stays a cycle
+        if isinstance(obj, list):
+            obj[:] = [_resolve(x, seen) for x in obj]
+        else:
+            items = [(_resolve(k, seen), _resolve(v, seen)) for k, v in obj.items()]
+            obj.clear()
+            obj.update(items)
+        return obj
+    if obj is _NdarrayType:
+        raise _Refused("numpy.ndarray is named outside an array")
+    return obj
+
+
 class DataUnpickler(pickle.Unpickler):
-    """An unpickler that rebuilds data only: numpy arrays and scalars, tuples, lists,
-    dicts, numbers, strings and bytes. Any other object raises :class:`InputError`
-    before it is created (``find_class`` runs before the object's constructor)."""
+    """An unpickler that rebuilds data only: numpy arrays and scalars of plain numeric
+    dtypes, tuples, lists, dicts, numbers, strings and bytes. Any other object raises
+    :class:`InputError` before it is created (``find_class`` runs before the object's
+    constructor), and numpy objects are rebuilt by checked builders (see above)."""
 
     def __init__(self, file, path: str | Path):
         super().__init__(file)
@@ -59,11 +200,15 @@ class DataUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         # protocols 0-2 spell the builtins module by its Python 2 name
-        if (module.replace("__builtin__", "builtins"), name) not in SAFE_PICKLE_GLOBALS:
+        builder = SAFE_PICKLE_GLOBALS.get((module.replace("__builtin__", "builtins"), name))
+        if builder is None:
             raise InputError(self.path, f"contains a Python object of type {module}.{name}, which a data file "
                                         "does not need; refusing to load it (it could run code)",
                              "pass a .pkl of numpy arrays written by cryoDRGN or cryofire_nb")
-        return super().find_class(module, name)
+        return builder
+
+    def load(self):
+        return _resolve(super().load(), {})
 
 
 def load_pickles(path: str | Path) -> list:
@@ -73,19 +218,30 @@ def load_pickles(path: str | Path) -> list:
     if not path.is_file():
         raise InputError(path, "file not found", "check the path")
     objects = []
-    # Read from memory: a damaged length field then reads as truncated data, where a file
-    # object would first allocate the gigabytes the field claims.
+    # Each pickle's opcodes are walked first (pickletools reads only the bytes present):
+    # the unpickler allocates what a length field claims before reading, so a damaged
+    # field could ask for exabytes, or for gigabytes that the kernel kills us for.
     with io.BytesIO(path.read_bytes()) as f:
         while True:
+            start = f.tell()
+            if not f.read(1):
+                break
+            f.seek(start)
             try:
+                for _ in pickletools.genops(f):
+                    pass
+                f.seek(start)
                 objects.append(DataUnpickler(f, path).load())
             except EOFError:
                 break
             except InputError:  # a refused object is refused wherever it appears in the file
                 raise
+            except _Refused as err:
+                raise InputError(path, f"{err}; refusing to load it",
+                                 "pass a .pkl of numpy arrays written by cryoDRGN or cryofire_nb") from err
             except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError,
                     IndexError, KeyError, OverflowError, MemoryError, RecursionError,
-                    SystemError) as err:  # SystemError: numpy's C reconstructor on some damaged arrays
+                    UnicodeError) as err:
                 if objects:  # trailing garbage after valid pickles: keep what was read
                     break
                 raise InputError(path, f"not a readable pickle file ({err})",
