@@ -77,8 +77,9 @@ def main(argv=None) -> int:
     # one scale for all: least squares of the images on the CTF-modulated true slices
     index = torch.nonzero(hd.lattice.mask(d / 2, exclude_dc=True)).squeeze(1)
     sub = torch.arange(0, n, max(1, n // 2000))
-    sl = own_slices(basis, coef_t[sub], hd.lattice, rots[sub, None], index)[:, 0] * hd.ctf[sub][:, index]
-    xs = shifted_images(hd.x[sub], hd.lattice, shifts[sub, None], index)[:, 0]
+    x, c = hd.rows(sub)
+    sl = own_slices(basis, coef_t[sub], hd.lattice, rots[sub, None], index)[:, 0] * c[:, index]
+    xs = shifted_images(x, hd.lattice, shifts[sub, None], index)[:, 0]
     scale = float((sl * xs).sum() / (sl * sl).sum())
     cfg = HeteroRefineConfig.for_box(d, estimate_latents=False)
     r, s, _ = search_basis(hd, basis * scale, coef_t, cfg, progress=False, start=(rots, shifts))

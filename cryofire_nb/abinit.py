@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from . import stopping
 from .hartley_data import HartleyData
 from .rotations import random_rotations, so3_grid
 from .search import (Accumulator, global_search, hartley_volume_to_real, local_search,
@@ -141,7 +142,7 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
     cfg = cfg or AbinitConfig()
     t0 = time.time()
     lat, d, n = data.lattice, data.lattice.d, data.n_particles
-    dev, dt = data.x.device, data.x.dtype
+    dev, dt = data.device, data.dtype
     g = torch.Generator().manual_seed(cfg.seed)
     model = _VolumeModel(d, cfg, dt, dev)
     hist: list[dict] = []
@@ -152,7 +153,7 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
     # initial volume: a random subset backprojected at random poses
     init = torch.randperm(n, generator=g)[: min(n, cfg.n_init)]
     bp_index = index_for(cfg.radius_start_px + 2, dc=True)
-    model.acc.add(data.x[init], data.ctf[init], lat, bp_index,
+    model.acc.add(*data.rows(init), lat, bp_index,
                   random_rotations(len(init), g, dtype=dt).to(dev)[:, None],
                   torch.zeros(len(init), 1, 2, dtype=dt, device=dev))
 
@@ -163,12 +164,13 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
     it_range = range(cfg.n_iterations)
     bar = tqdm(it_range, desc="ab initio EM", disable=not progress)
     for it in bar:
+        stopping.check()
         f = it / max(1, cfg.n_iterations - 1)
         radius = _lerp(cfg.radius_start_px, cfg.radius_end_px, f)
         index = index_for(radius)
         vol_h = model.volume()
         bi = torch.randint(0, n, (cfg.batch_size,), generator=g).to(dev)
-        x, c = data.x[bi], data.ctf[bi]
+        x, c = data.rows(bi)
         if sigma2 is None:
             sigma2 = float((x[:, index] ** 2).mean())
         k = max(1, round(_lerp(cfg.top_k_start, cfg.top_k_end, f)))
@@ -194,8 +196,9 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
     shifts = torch.empty(n, 2, dtype=dt, device=dev)
     errs = torch.empty(n, dtype=dt, device=dev)
     for i in tqdm(range(0, n, cfg.batch_size_full), desc="global search", disable=not progress):
+        stopping.check()
         sl = slice(i, min(n, i + cfg.batch_size_full))
-        res = global_search(data.x[sl], data.ctf[sl], vol_h, lat, index, grid_f, shifts_f, sigma2)
+        res = global_search(*data.rows(sl), vol_h, lat, index, grid_f, shifts_f, sigma2)
         rots[sl], shifts[sl], errs[sl] = res.rots[:, 0], res.shifts_px[:, 0], res.sq_err
     hist.append({"stage": "global", "mean_sq_err": float(errs.mean() / index.numel()), "elapsed_s": time.time() - t0})
     if callback is not None:
@@ -211,7 +214,7 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
         bp = index_for(min(d / 2, radius + 2), dc=True)
         for i in range(0, n, cfg.batch_size_full):
             sl = slice(i, min(n, i + cfg.batch_size_full))
-            model.acc.add(data.x[sl], data.ctf[sl], lat, bp, rots[sl, None], shifts[sl, None])
+            model.acc.add(*data.rows(sl), lat, bp, rots[sl, None], shifts[sl, None])
         vol_h = model.volume()
         # stop refining when the next round (as long as the last one) would overrun the budget
         if time_limit_s is not None and time.time() - t0 + last_round_s > time_limit_s:
@@ -222,8 +225,9 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
         pert = perturbation_grid(step, 1, dtype=dt).to(dev)
         offs = shift_grid(sstep, sstep, dtype=dt).to(dev)
         for i in tqdm(range(0, n, cfg.batch_size_full), desc=f"refine {rnd + 1}", disable=not progress):
+            stopping.check()
             sl = slice(i, min(n, i + cfg.batch_size_full))
-            res = local_search(data.x[sl], data.ctf[sl], vol_h, lat, index, rots[sl], shifts[sl], pert, offs, sigma2)
+            res = local_search(*data.rows(sl), vol_h, lat, index, rots[sl], shifts[sl], pert, offs, sigma2)
             rots[sl], shifts[sl] = res.rots[:, 0], res.shifts_px[:, 0].clamp(-cfg.max_shift_px, cfg.max_shift_px)
         last_round_s = time.time() - t_round
         hist.append({"stage": "refine", "round": rnd, "radius_px": radius, "step_deg": step, "elapsed_s": time.time() - t0})
@@ -235,6 +239,6 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
     full = index_for(d / 2, dc=True)
     for i in range(0, n, cfg.batch_size_full):
         sl = slice(i, min(n, i + cfg.batch_size_full))
-        model.acc.add(data.x[sl], data.ctf[sl], lat, full, rots[sl, None], shifts[sl, None])
+        model.acc.add(*data.rows(sl), lat, full, rots[sl, None], shifts[sl, None])
     vol_h = model.volume()
     return AbinitResult(rots, shifts, vol_h, hartley_volume_to_real(vol_h), hist, asdict(cfg))

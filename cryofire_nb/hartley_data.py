@@ -10,13 +10,15 @@ Dimension letters: N particles, b batch, d box, n = (d+1)^2 lattice points.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
 import numpy as np
 import torch
 
+from . import stopping
 from .ctf import CTFParams
 from .fft import ht2_center, symmetrize_ht
+from .errors import InputError
 from .lattice import Lattice
 from .validate import check_ctf_table
 
@@ -40,50 +42,164 @@ def images_to_hartley(images: Tensor, invert: bool = True, window: bool = True) 
     return symmetrize_ht(ht2_center(x)).reshape(x.shape[0], -1)
 
 
-@dataclass
-class HartleyData:
-    """All particles on the Hartley lattice, normalised, with their CTF on the lattice."""
+# Images whose Hartley values are normalised by one standard deviation: the first
+# NORM_SAMPLE particles (all of a smaller set), so that the value does not depend on N.
+NORM_SAMPLE = 10000
+NORM_BLOCK = 1000  # images per block of the float64 sums behind that deviation
+# The resident arrays may use at most this fraction of the free memory.
+MEMORY_FRACTION = 0.7
 
-    x: Tensor  # (N, n) Hartley, divided by ``norm_std``
-    ctf: Tensor  # (N, n) CTF on the lattice (ones if no CTF)
-    lattice: Lattice
-    norm_std: float
-    pixel_size_angstrom: float | None
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Memory free for new arrays on ``device``: the GPU's free memory, or the host's
+    ``MemAvailable`` (free plus reclaimable cache)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class HartleyData:
+    """Particles on the Hartley lattice, normalised, with their CTF on the lattice, served
+    as rows ``(x (b, n), ctf (b, n))`` by :meth:`rows`.
+
+    Resident (the default): every row is computed once and kept, 2 N n float32 values.
+    Streaming (``lazy=True``): nothing of size N is kept; each call to :meth:`rows` reads
+    its images (from disk when the image source is lazy), transforms them and evaluates
+    the CTF from the table, so memory is bounded by the batch. Both give the same values.
+    """
+
+    def __init__(self, lattice: Lattice, norm_std: float, pixel_size_angstrom: float | None, n: int, *,
+                 x: Tensor | None = None, ctf: Tensor | None = None, get_images=None,
+                 ctf_table: Tensor | None = None, invert: bool = True):
+        self.lattice = lattice
+        self.norm_std = float(norm_std)
+        self.pixel_size_angstrom = pixel_size_angstrom
+        self._n = int(n)
+        self._x, self._ctf = x, ctf
+        self._get, self._ctf_table, self._invert = get_images, ctf_table, invert
+
+    # ------------------------------------------------------------------ basics
 
     @property
     def n_particles(self) -> int:
-        return self.x.shape[0]
+        return self._n
+
+    @property
+    def streaming(self) -> bool:
+        return self._x is None
+
+    @property
+    def device(self) -> torch.device:
+        return self.lattice.coords.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def x(self) -> Tensor:
+        """All rows (N, n) of a resident set."""
+        self._need_resident("x")
+        return self._x
+
+    @property
+    def ctf(self) -> Tensor:
+        """All CTF rows (N, n) of a resident set (ones without a CTF)."""
+        self._need_resident("ctf")
+        return self._ctf if self._ctf is not None else torch.ones_like(self._x)
+
+    def _need_resident(self, what: str) -> None:
+        if self._x is None:
+            raise RuntimeError(f"a streaming HartleyData keeps no {what} of all particles; read rows(...)")
+
+    # ------------------------------------------------------------------ rows
+
+    def rows(self, sel) -> tuple[Tensor, Tensor]:
+        """Hartley rows and CTF rows (b, n) of the particles ``sel`` (a slice, or positions
+        as a tensor or an array)."""
+        if self._x is not None:
+            x = self._x[sel]
+            return x, (self._ctf[sel] if self._ctf is not None else torch.ones_like(x))
+        pos = self._positions(sel)
+        x = self._hartley(pos)
+        return x, self._ctf_rows(torch.as_tensor(pos, device=self.device), x)
+
+    def subset(self, sel) -> "HartleyData":
+        """A resident HartleyData of the particles ``sel``."""
+        x, ctf = self.rows(sel)
+        return HartleyData(self.lattice, self.norm_std, self.pixel_size_angstrom, len(x), x=x, ctf=ctf)
+
+    def _positions(self, sel) -> np.ndarray:
+        if isinstance(sel, slice):
+            return np.arange(self._n)[sel]
+        if isinstance(sel, Tensor):
+            sel = sel.cpu().numpy()
+        return np.asarray(sel, dtype=np.int64).reshape(-1)
+
+    def _hartley(self, pos: np.ndarray) -> Tensor:
+        raw = torch.as_tensor(np.asarray(self._get(pos))).to(self.device)
+        return images_to_hartley(raw, invert=self._invert) / self.norm_std
+
+    def _ctf_rows(self, pos: Tensor, like: Tensor) -> Tensor:
+        if self._ctf_table is None:
+            return torch.ones_like(like)
+        params = CTFParams.from_table(self._ctf_table[pos])
+        return params.evaluate(self.lattice.coords_xy.double(), self.lattice.d).float()
+
+    # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_images(cls, images, ctf_table=None, invert: bool = True, chunk: int = 2048,
-                    device=None, progress=None) -> "HartleyData":
-        """``images``: array-like (N, d, d) or an object with ``images(indices)``; ``ctf_table``
-        (N, 9) as in cryoDRGN's ctf.pkl or None."""
+                    device=None, progress=None, lazy: bool = False, source=None) -> "HartleyData":
+        """``images``: array-like (N, d, d) or an object with ``images(indices)`` (such as
+        :class:`~cryofire_nb.train.data.ParticleData`); ``ctf_table`` (N, 9) as in
+        cryoDRGN's ctf.pkl or None. ``lazy``: stream rows instead of keeping them (see the
+        class). A resident set that would not fit in ``MEMORY_FRACTION`` of the free memory
+        is an InputError that names ``--lazy``; ``source`` (a path) is named in it."""
         get = images.images if hasattr(images, "images") else (lambda idx: images[idx])
         n = len(images)
         first = np.asarray(get(np.arange(min(1, n))))
         d = first.shape[-1]
         lat = Lattice(d, device=device)
-        xs = []
-        it = range(0, n, chunk)
-        for i in (progress(it) if progress else it):
-            idx = np.arange(i, min(n, i + chunk))
-            xs.append(images_to_hartley(torch.as_tensor(np.asarray(get(idx))), invert=invert).to(device))
-        x = torch.cat(xs)
-        std = float(x[: min(n, 10000)].std())
-        x /= std
+        table = None
+        apix = None
         if ctf_table is not None:
             check_ctf_table(ctf_table, None)  # a zero pixel size or voltage would give NaN or zero CTFs
-            params = CTFParams.from_table(torch.as_tensor(np.asarray(ctf_table), dtype=torch.float64,
-                                                          device=lat.coords.device))
-            ctf = torch.cat([params_slice(params, j, j + chunk).evaluate(lat.coords_xy.double(), d).float()
-                             for j in range(0, n, chunk)])
-            apix = float(params.pixel_size_angstrom[0] * params.d[0] / d)
-        else:
-            ctf = torch.ones_like(x)
-            apix = None
-        return cls(x, ctf, lat, std, apix)
-
-
-def params_slice(p: CTFParams, i: int, j: int) -> CTFParams:
-    return CTFParams(*(getattr(p, f)[i:j] for f in p.__dataclass_fields__))
+            table = torch.as_tensor(np.asarray(ctf_table), dtype=torch.float64, device=lat.coords.device)
+            apix = float(table[0, 1] * table[0, 0] / d)
+        m = min(n, NORM_SAMPLE)
+        total = total_sq = 0.0
+        for i in range(0, m, NORM_BLOCK):  # fixed blocks: the same value whatever ``chunk`` is
+            h = images_to_hartley(torch.as_tensor(np.asarray(get(np.arange(i, min(m, i + NORM_BLOCK))))),
+                                  invert=invert).double()
+            total += float(h.sum())
+            total_sq += float((h * h).sum())
+        count = m * (d + 1) ** 2
+        std = float(np.sqrt(max(total_sq - total * total / count, 0.0) / max(count - 1, 1)))
+        out = cls(lat, std, apix, n, get_images=get, ctf_table=table, invert=invert)
+        if lazy:
+            return out
+        need = n * (d + 1) ** 2 * 4 * (2 if table is not None else 1)
+        free = available_memory_bytes(lat.coords.device)
+        if need > MEMORY_FRACTION * free:
+            raise InputError(source, f"{n} particles at {d} px need {need / 2 ** 30:.1f} GiB on the Hartley "
+                                     f"lattice and {free / 2 ** 30:.1f} GiB is free",
+                             "pass --lazy to read the particles in batches from disk")
+        x = torch.empty(n, (d + 1) ** 2, dtype=torch.float32, device=lat.coords.device)
+        ctf = None if table is None else torch.empty_like(x)
+        it = range(0, n, chunk)
+        for i in (progress(it) if progress else it):
+            stopping.check()
+            pos = np.arange(i, min(n, i + chunk))
+            x[i:i + len(pos)] = out._hartley(pos)
+            if ctf is not None:
+                ctf[i:i + len(pos)] = out._ctf_rows(torch.as_tensor(pos, device=lat.coords.device), x[:1])
+        out._x, out._ctf, out._get, out._ctf_table = x, ctf, None, None
+        return out

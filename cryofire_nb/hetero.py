@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import stopping
 from .hartley_data import HartleyData
 from .lattice import Lattice
 from .projection import _corners
@@ -313,11 +314,12 @@ def fit_basis(data: HartleyData, rots: Tensor, shifts_px: Tensor, coef: Tensor, 
     """Basis volumes (K, m, m, m) from the particles ``members`` (indices) at their poses."""
     lat, d = data.lattice, data.lattice.d
     index = torch.nonzero(lat.mask(d / 2 if radius_px is None else radius_px, exclude_dc=False)).squeeze(1)
-    acc = BasisAccumulator(d, coef.shape[1], dtype=data.x.dtype, device=data.x.device)
+    acc = BasisAccumulator(d, coef.shape[1], dtype=data.dtype, device=data.device)
     for i in range(0, len(members), cfg.batch_size):
+        stopping.check()
         sl = members[i:i + cfg.batch_size]
-        acc.add(data.x[sl], data.ctf[sl], lat, index, rots[sl], shifts_px[sl], coef[sl])
-    return acc.solve(cfg.reg_fraction, spherical_support(d, cfg.support_radius, data.x.dtype, data.x.device))
+        acc.add(*data.rows(sl), lat, index, rots[sl], shifts_px[sl], coef[sl])
+    return acc.solve(cfg.reg_fraction, spherical_support(d, cfg.support_radius, data.dtype, data.device))
 
 
 def _rotated_volumes(vol: Tensor, q: Tensor) -> Tensor:
@@ -398,7 +400,7 @@ def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor,
     [(members (n_g,), volume (m, m, m))]. Updates ``rots``/``shifts`` in place; with
     ``keep_better`` a particle keeps its current pose unless the grid finds one that fits
     the same volume better (a coarse grid never undoes a good refinement)."""
-    lat, dt, dev = data.lattice, data.x.dtype, data.x.device
+    lat, dt, dev = data.lattice, data.dtype, data.device
     index = torch.nonzero(lat.mask(cfg.global_radius_px, exclude_dc=True)).squeeze(1)
     grid = so3_grid(*cfg.grid, dtype=dt, device=dev)
     shifts_g = shift_grid(cfg.max_shift_px, cfg.shift_step_px, dtype=dt).to(dev)
@@ -407,11 +409,13 @@ def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor,
     bar = tqdm(total=sum(len(m) for m, _ in groups), desc="global search", disable=not progress)
     for members, vol in groups:
         for i in range(0, len(members), cfg.batch_size):
+            stopping.check()
             sl = members[i:i + cfg.batch_size]
-            res = global_search(data.x[sl], data.ctf[sl], vol, lat, index, grid, shifts_g, 1.0)
+            x, c = data.rows(sl)
+            res = global_search(x, c, vol, lat, index, grid, shifts_g, 1.0)
             new_r, new_s = res.rots[:, 0], res.shifts_px[:, 0]
             if keep_better:
-                cur = local_search_basis(data.x[sl], data.ctf[sl], vol[None], torch.ones(len(sl), 1, dtype=dt,
+                cur = local_search_basis(x, c, vol[None], torch.ones(len(sl), 1, dtype=dt,
                                                                                         device=dev),
                                          lat, index, rots[sl], shifts[sl], eye, no_offset)
                 better = res.sq_err < cur.sq_err
@@ -426,7 +430,7 @@ def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, 
                  cfg: HeteroRefineConfig, progress: bool, desc: str) -> float:
     """One local refinement round; ``groups``: [(members, basis (K, m, m, m), coef (n_g, K))].
     Returns the fraction of the particles whose pose changed (rotation or shift)."""
-    dt, dev = data.x.dtype, data.x.device
+    dt, dev = data.dtype, data.device
     pert = perturbation_grid(step, 1, dtype=dt).to(dev)
     s_step = cfg.shift_step_ratio * step
     offs = shift_grid(s_step, s_step, dtype=dt).to(dev)
@@ -434,8 +438,9 @@ def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, 
     moved = total = 0
     for members, basis, coef in groups:
         for i in range(0, len(members), cfg.batch_size):
+            stopping.check()
             sl = members[i:i + cfg.batch_size]
-            res = local_search_basis(data.x[sl], data.ctf[sl], basis, coef[i:i + cfg.batch_size], data.lattice,
+            res = local_search_basis(*data.rows(sl), basis, coef[i:i + cfg.batch_size], data.lattice,
                                      index, rots[sl], shifts[sl], pert, offs)
             new_s = res.shifts_px[:, 0].clamp(-cfg.max_shift_px, cfg.max_shift_px)
             same = ((res.rots[:, 0] - rots[sl]).abs().amax((-1, -2)) < 1e-6) & \
@@ -466,14 +471,16 @@ def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Ten
     lat, d = data.lattice, data.lattice.d
     index = torch.nonzero(lat.mask(d / 2, exclude_dc=True)).squeeze(1)
     q = basis.shape[0] - 1
-    out = torch.zeros(len(members), q, dtype=data.x.dtype, device=data.x.device)
+    out = torch.zeros(len(members), q, dtype=data.dtype, device=data.device)
     if q == 0:
         return out
-    eye = prior * torch.eye(q, dtype=data.x.dtype, device=data.x.device)
+    eye = prior * torch.eye(q, dtype=data.dtype, device=data.device)
     for i in range(0, len(members), batch_size):
+        stopping.check()
         sl = members[i:i + batch_size]
-        cs = data.ctf[sl][:, index, None] * basis_slices(basis, lat, rots[sl], index)  # (b, n, K)
-        xs = shifted_images(data.x[sl], lat, shifts[sl][:, None], index)[:, 0]
+        x, c = data.rows(sl)
+        cs = c[:, index, None] * basis_slices(basis, lat, rots[sl], index)  # (b, n, K)
+        xs = shifted_images(x, lat, shifts[sl][:, None], index)[:, 0]
         a = torch.einsum("bnk,bnl->bkl", cs[..., 1:], cs[..., 1:]) + eye
         rhs = torch.einsum("bnk,bn->bk", cs[..., 1:], xs - cs[..., 0])
         out[i:i + batch_size] = torch.linalg.solve(a, rhs[..., None])[..., 0]
@@ -496,7 +503,7 @@ def search_basis(data: HartleyData, basis: Tensor, coef: Tensor, cfg: HeteroRefi
     refine locally instead of the global search. Returns rotations (N, 3, 3), shifts
     (N, 2) in pixels and the coefficients (N, K)."""
     cfg = cfg or HeteroRefineConfig()
-    dev, dt = data.x.device, data.x.dtype
+    dev, dt = data.device, data.dtype
     n, d = data.n_particles, data.lattice.d
     basis = basis.to(device=dev, dtype=dt)
     coef = torch.as_tensor(coef).to(device=dev, dtype=dt).clone()
@@ -549,7 +556,7 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
     ground truth)."""
     cfg = cfg or HeteroRefineConfig()
     t0 = time.time()
-    dev, dt = data.x.device, data.x.dtype
+    dev, dt = data.device, data.dtype
     lat, d, n = data.lattice, data.lattice.d, data.n_particles
     rots = torch.as_tensor(rots).to(device=dev, dtype=dt).clone()
     shifts = torch.as_tensor(shifts_px).to(device=dev, dtype=dt).clone()

@@ -96,6 +96,11 @@ class SearchResult:
     sq_err: Tensor  # (b,) squared error of the best pose
 
 
+# Scores held at once by a global search, (batch x shifts x rotations): 2^24 float32 values
+# are 64 MiB per temporary, a few hundred MiB in all, whatever the box and the grid.
+SCORE_ELEMENTS = 1 << 24
+
+
 def global_search(x: Tensor, ctf: Tensor, vol_h: Tensor, lat: Lattice, index: Tensor,
                   rots: Tensor, shifts: Tensor, sigma2: float, top_k: int = 1,
                   beta: float = 1.0, rot_chunk: int = 8192) -> SearchResult:
@@ -109,6 +114,8 @@ def global_search(x: Tensor, ctf: Tensor, vol_h: Tensor, lat: Lattice, index: Te
     c2 = c * c  # (b, n)
     best_val = torch.full((b, top_k), -float("inf"), dtype=x.dtype, device=x.device)
     best_idx = torch.zeros((b, top_k), dtype=torch.long, device=x.device)
+    # the (b, s, r) scores and their temporaries dominate memory: bound r by the batch's b * s
+    rot_chunk = max(64, min(rot_chunk, SCORE_ELEMENTS // max(b * s, 1)))
     for r0 in range(0, rots.shape[0], rot_chunk):
         r = rots[r0:r0 + rot_chunk]
         sl = interp_trilinear(vol_h, slice_positions(lat, r, index))  # (r, n)

@@ -140,6 +140,7 @@ def config_from_args(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     from ..io.outputs_guard import guard_folder
+    from ..stopping import StageStopped
     from ..train import train
     from ..train.interrupt import stop_on_signals
     from ..train.outputs import RUN_FILES
@@ -150,7 +151,14 @@ def main(args: argparse.Namespace) -> int:
                     products=RUN_FILES, overwrite=args.overwrite, resume_from=args.load):
         print(f"resuming in {args.outdir}: its outputs will be replaced", flush=True)
     with stop_on_signals() as stop:
-        result = train(config_from_args(args))
+        cfg = config_from_args(args)
+        try:
+            result = train(cfg)
+        except StageStopped:
+            print(f"cryofire-nb train: interrupted by {stop.name} during the {stop.stage or 'pose search'}, before "
+                  f"any training: the checkpoint is in {args.outdir}; start again with: "
+                  f"{resume_command(cfg.command_line, args.outdir)}", file=sys.stderr, flush=True)
+            return stop.exit_code
     st = result.state
     steady = "" if result.steady_images_per_s is None else \
         f" ({result.steady_images_per_s:.0f} after the first {WARMUP_STEPS} steps)"

@@ -18,14 +18,15 @@ Images are real space float32 ``(b, d, d)``, indexed ``[y, x]``, contrast as sto
 inversion here). Pixel size: RELION optics / cryoSPARC ``blob/psize_A`` for metadata
 files, else the MRC header (0 there means unknown -> ``None``).
 
-``lazy=True`` memory-maps the stacks and reads each request on demand (stacks larger
-than RAM; at most ``max_open_stacks`` maps open at once); ``lazy=False`` loads every
-image at construction. Every image read is checked for NaN/inf.
+``lazy=True`` reads each request from the stacks on demand with positional reads (stacks
+larger than RAM; at most ``max_open_stacks`` files open at once); ``lazy=False`` loads
+every image at construction. Every image read is checked for NaN/inf.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -36,10 +37,11 @@ import pandas as pd
 from .. import validate
 from ..errors import InputError
 from .cs import blob_indices, blob_paths, read_cs
-from .mrc import MrcHeaderInfo, open_mrc_memmap, read_mrc_header
+from .mrc import MrcHeaderInfo, read_mrc_header
 from .star import StarTable, read_star, split_image_names
 
 STACK_SUFFIXES = (".mrcs", ".mrc")
+READ_BYTES = 1 << 28
 PARTICLE_SUFFIXES = (".mrcs", ".mrc", ".txt", ".star", ".cs")
 
 
@@ -91,7 +93,7 @@ class ImageSource:
         self.max_open_stacks = max(1, int(max_open_stacks))
         self.star: StarTable | None = None  # the metadata table for .star input
         self.cs: np.ndarray | None = None  # the metadata table for .cs input
-        self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._cache: collections.OrderedDict = collections.OrderedDict()  # stack number -> open file
         self._data: np.ndarray | None = None
 
         if not self.path.is_file():
@@ -255,8 +257,9 @@ class ImageSource:
             yield start, self.images(np.arange(start, min(start + chunk_size, len(self))))
 
     def close(self) -> None:
-        """Drop the open memory maps (they are reopened on demand)."""
-        self._cache.clear()
+        """Close the open stack files (they are reopened on demand)."""
+        while self._cache:
+            self._cache.popitem()[1].close()
 
     def __enter__(self) -> "ImageSource":
         return self
@@ -264,7 +267,7 @@ class ImageSource:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __getstate__(self):  # do not pickle memory maps (DataLoader workers reopen them)
+    def __getstate__(self):  # do not pickle open files (DataLoader workers reopen them)
         state = self.__dict__.copy()
         state["_cache"] = collections.OrderedDict()
         return state
@@ -290,16 +293,45 @@ class ImageSource:
                              "check that the --ind file was made for this particle stack")
         return idx
 
-    def _memmap(self, stack: int) -> np.ndarray:
-        mm = self._cache.get(stack)
-        if mm is None:
-            mm = open_mrc_memmap(self._stacks[stack].path)
-            self._cache[stack] = mm
+    def _file(self, stack: int):
+        f = self._cache.get(stack)
+        if f is None:
+            try:
+                f = open(self._stacks[stack].path, "rb")  # noqa: SIM115 - kept open in the cache, closed on eviction
+            except OSError as err:
+                raise InputError(self._stacks[stack].path, f"cannot open the stack ({err.strerror})",
+                                 "check that the file is still there and readable") from err
+            self._cache[stack] = f
             while len(self._cache) > self.max_open_stacks:
-                self._cache.popitem(last=False)
+                self._cache.popitem(last=False)[1].close()
         else:
             self._cache.move_to_end(stack)
-        return mm
+        return f
+
+    def _read_stack(self, stack: int, local: np.ndarray) -> np.ndarray:
+        """Images ``local`` (sorted, 0-based) of one stack, float32 (g, d, d), read with
+        positional reads, one per run of consecutive images. Unlike a memory map, the
+        pages read do not stay in this process's resident memory (only in the page
+        cache, which the kernel reclaims), so reading a stack larger than RAM keeps the
+        process's memory bounded by the batch."""
+        info = self._stacks[stack]
+        fd = self._file(stack).fileno()
+        image_bytes = self.d * self.d * info.dtype.itemsize
+        out = np.empty((local.size, self.d, self.d), dtype=np.float32)
+        # runs of consecutive images, at most READ_BYTES each (one pread returns at most 2 GiB)
+        per_read = max(1, READ_BYTES // image_bytes)
+        breaks = np.diff(local, prepend=local[0] - 2) != 1
+        breaks[::per_read] = True
+        starts = np.flatnonzero(breaks)
+        for a, b in zip(starts, [*starts[1:], local.size]):
+            first, count = int(local[a]), int(b - a)
+            want = count * image_bytes
+            raw = os.pread(fd, want, info.data_offset + first * image_bytes)
+            if len(raw) != want:
+                raise InputError(info.path, f"images {first + 1}-{first + count} lie past the end of the file",
+                                 "re-copy or re-extract the stack (it was truncated after opening)")
+            out[a:b] = np.frombuffer(raw, dtype=info.dtype).reshape(count, self.d, self.d)
+        return out
 
     def _read(self, idx: np.ndarray) -> np.ndarray:
         out = np.empty((idx.size, self.d, self.d), dtype=np.float32)  # (b, d, d)
@@ -310,7 +342,7 @@ class ImageSource:
         bounds = np.flatnonzero(np.diff(stack_id[order])) + 1
         for group in np.split(order, bounds):
             stack = int(stack_id[group[0]])
-            chunk = np.asarray(self._memmap(stack)[local[group]], dtype=np.float32)  # (g, d, d)
+            chunk = self._read_stack(stack, local[group])  # (g, d, d)
             finite = np.isfinite(chunk).all(axis=(1, 2))
             if not finite.all():
                 j = int(np.flatnonzero(~finite)[0])

@@ -27,6 +27,7 @@ import torch
 
 from ..ctf import CTFParams
 from ..errors import InputError
+from ..hartley_data import MEMORY_FRACTION, available_memory_bytes
 from ..io import ImageSource, read_ctf, read_indices, read_poses
 from ..io.pkl import load_pickles
 from ..validate import check_ctf_matches_stack
@@ -117,6 +118,11 @@ class ParticleData:
         self._memory_device = None  # the in-memory stack copied to the GPU when it fits (fast batches)
         if not lazy:
             keep = np.arange(self.n_total) if self.ind is None else self.ind
+            need, free = keep.size * self.d * self.d * 4, available_memory_bytes(torch.device("cpu"))
+            if need > MEMORY_FRACTION * free:
+                raise InputError(particles, f"{keep.size} images of {self.d} px need {need / 2 ** 30:.1f} GiB "
+                                            f"in memory and {free / 2 ** 30:.1f} GiB is free",
+                                 "pass --lazy to read the particles in batches from disk")
             self._memory = self.source.images(keep)  # (N, d, d)
             self._memory_device = _device_copy(self._memory, self.device)
         # the CTF is evaluated where the batch lives (float64, as on the CPU)
@@ -126,6 +132,15 @@ class ParticleData:
         self.normalization = normalization or self._compute_normalization()
 
     # ------------------------------------------------------------------ basics
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the images were read into memory (False with ``lazy=True``)."""
+        return self._memory is not None
+
+    @property
+    def source_path(self) -> Path:
+        return self.source.path
 
     def __len__(self) -> int:
         return self.n_total if self.ind is None else int(self.ind.size)

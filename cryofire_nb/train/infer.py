@@ -177,7 +177,8 @@ def search_poses(model: CryoFireModel, data: ParticleData, z: np.ndarray, n_bins
     t0 = time.perf_counter()
     spec = model.spec
     device = data.lattice.coords.device
-    hd = HartleyData.from_images(data, data.ctf_table, invert=spec.preprocess_config.invert_contrast, device=device)
+    hd = HartleyData.from_images(data, data.ctf_table, invert=spec.preprocess_config.invert_contrast, device=device,
+                                 lazy=not data.in_memory, source=data.source_path)
     z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
     scale = float(spec.norm.std) / hd.norm_std  # decoder (model units) -> hd units
     basis, pcs = decoder_basis(model, z if z_ref is None else z_ref, scale)

@@ -9,8 +9,10 @@ usual final pass writes every output and the checkpoint, and the command exits w
 Ctrl-C aborts at once (KeyboardInterrupt) and a second SIGTERM ends the process.
 
 Long stages that do not return to the loop (the voxel pose search, the heterogeneous
-refinement) finish first; :func:`stage` names them so the exit message can say why the
-stop took a while.
+refinement) are left between two batches (:mod:`cryofire_nb.stopping`): a run stopped in
+the search saves a checkpoint from which ``--load`` starts the search again; a run
+stopped in the refinement keeps the table it had before it, writes its outputs, and
+refines again when resumed. :func:`stage` names the stage for the exit message.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import contextlib
 import signal
 import threading
 from dataclasses import dataclass
+
+from .. import stopping
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -85,8 +89,10 @@ def stop_on_signals(signals=SIGNALS):
     for s in previous:
         signal.signal(s, handler)
     _active = req
+    watcher_before = stopping.watch(lambda: req.signum is not None)
     try:
         yield req
     finally:
         _active = None
+        stopping.watch(watcher_before)
         restore()

@@ -39,6 +39,7 @@ from ..model.preprocess import PreprocessConfig
 from ..model.schedule import FrequencyMarching, PoseOnlyPhase
 from ..rotations import geodesic_distance_deg
 from ..validate import check_device
+from .. import stopping
 from . import interrupt
 from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig
@@ -231,12 +232,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ init search
 
+    def _progress(self, desc: str):
+        """A tqdm wrapper for a loop over chunks, or None without progress bars."""
+        if not self.cfg.progress:
+            return None
+        return lambda it: tqdm(it, desc=desc, unit="chunk")
+
     def _hartley_data(self):
         from ..hartley_data import HartleyData
 
         if self._hd is None:
             self._hd = HartleyData.from_images(self.data, self.data.ctf_table, invert=self.cfg.invert_contrast,
-                                               device=self.device)
+                                               device=self.device, lazy=not self.data.in_memory,
+                                               source=self.data.source_path,
+                                               progress=self._progress("images to the Hartley lattice"))
         return self._hd
 
     def _init_search(self, time_limit_s: float | None) -> None:
@@ -332,7 +341,13 @@ class Trainer:
             write_config(self.outdir, cfg, self._config_extra())
         limit_s = None if cfg.time_limit_min is None else cfg.time_limit_min * 60.0
         if cfg.init_search and self.targets is None:
-            self._init_search(None if limit_s is None else cfg.search_time_fraction * limit_s)
+            try:
+                self._init_search(None if limit_s is None else cfg.search_time_fraction * limit_s)
+            except stopping.StageStopped:
+                # nothing trained yet: the checkpoint holds the settings and the untrained
+                # model, and a run resumed from it starts the search again
+                self._checkpoint()
+                raise
         planned = cfg.planned_images(self.n)
         if not cfg.resolved and planned is not None:
             cfg.resolve_schedules(self.d, planned)
@@ -569,10 +584,15 @@ class Trainer:
                                self.d)
                 return {"view_error_median_deg": round(m.rotations.view.median_deg, 3)}
         with interrupt.stage("heterogeneous refinement"):
-            res = hetero_refine(hd, torch.as_tensor(self.targets[0]), torch.as_tensor(self.targets[1]), inf.z,
-                                HeteroRefineConfig.for_box(self.d, cfg.max_shift_px, n_components=n_basis,
-                                                           global_search=cfg.hetero_global, seed=cfg.seed),
-                                progress=cfg.progress, time_limit_s=budget, monitor=monitor)
+            try:
+                res = hetero_refine(hd, torch.as_tensor(self.targets[0]), torch.as_tensor(self.targets[1]), inf.z,
+                                    HeteroRefineConfig.for_box(self.d, cfg.max_shift_px, n_components=n_basis,
+                                                               global_search=cfg.hetero_global, seed=cfg.seed),
+                                    progress=cfg.progress, time_limit_s=budget, monitor=monitor)
+            except stopping.StageStopped:  # stopped part-way: the table stays as before; a resumed run refines
+                print("heterogeneous refinement stopped part-way by a signal: the pose table is the one it started "
+                      "from", flush=True)
+                return
         self.targets = (res.rots.float().cpu().numpy(), res.shifts_px.float().cpu().numpy())
         if n_basis > 0:  # the latent table: z of each particle read off its image through the basis
             self.z_table = res.coefficients[:, 1:].float().cpu().numpy()
