@@ -8,7 +8,9 @@
 2. Open the copy in the system Chromium (``--chromium``, headless; Playwright's own
    browser downloads are never used), run all cells from the Run menu and wait for the
    last cell's output.
-3. Wait for the plotly FigureWidget scatter to render, save ``screenshot.png``.
+3. Wait for the plotly FigureWidget scatter to render, save ``screenshot.png``; then
+   the interactive isosurface (WebGL), save ``screenshot_volume.png`` and check that the
+   scene is not blank.
 4. Draw a lasso on the scatter with the mouse and wait for the kernel's
    ``SelectionSaver`` to write ``notebooks/_work/05_conformation_landscape/selection/
    lasso.{pkl,star,cs}``; check that the three files describe the same non-empty set of
@@ -45,6 +47,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LAST_OUTPUT = "notebook run time:"  # printed by the notebook's last cell
 SCATTER_TITLE = "lasso or box-select"  # in the FigureWidget's title
+VOLUME_TITLE = "PC1 ends"  # in the interactive isosurface's title
 
 
 def free_port() -> int:
@@ -161,12 +164,35 @@ def check_selection_files(since: float, n_particles: int) -> str:
     return f"{ind.size} of {n_particles} particles in lasso.pkl / lasso.star / lasso.cs"
 
 
+def screenshot_volume(page, path: Path) -> str:
+    """Screenshot the interactive isosurface (a WebGL plotly scene) and check that it drew
+    something: a blank or failed WebGL canvas is one flat colour."""
+    import numpy as np
+    from PIL import Image
+
+    plot = page.locator(".js-plotly-plot").filter(has_text=VOLUME_TITLE).first
+    plot.scroll_into_view_if_needed()
+    plot.locator(".gl-container canvas, canvas").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(2000)  # the scene draws after its canvas appears
+    plot.screenshot(path=str(path))
+    img = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+    h, w, _ = img.shape
+    scene = img[h // 6: 5 * h // 6, w // 6: 5 * w // 6]  # away from the title and the margins
+    background = np.median(scene.reshape(-1, 3), axis=0)
+    drawn = float((np.abs(scene - background).sum(-1) > 30).mean())
+    if drawn < 0.01:
+        raise AssertionError(f"the isosurface scene is blank ({drawn:.1%} of its pixels differ from the background)")
+    gold = float(((scene[..., 0] > scene[..., 2] + 40) & (scene[..., 1] > scene[..., 2])).mean())
+    blue = float((scene[..., 2] > scene[..., 0] + 40).mean())
+    return f"{w}x{h} px, {drawn:.1%} of the scene drawn ({gold:.1%} gold, {blue:.1%} blue)"
+
+
 def run(args) -> int:
     from playwright.sync_api import sync_playwright
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("screenshot.png", "screenshot_selected.png", "failure.png"):
+    for stale in ("screenshot.png", "screenshot_volume.png", "screenshot_selected.png", "failure.png"):
         (out / stale).unlink(missing_ok=True)
     nb_copy = out / NOTEBOOK.name
     write_without_outputs(NOTEBOOK, nb_copy)
@@ -208,6 +234,9 @@ def run(args) -> int:
                     print(f"scatter rendered with {n_points} points", flush=True)
                     page.wait_for_timeout(500)
                     page.screenshot(path=str(out / "screenshot.png"))
+                    step = "render the isosurface"
+                    print(f"isosurface: {screenshot_volume(page, out / 'screenshot_volume.png')}", flush=True)
+                    plot.scroll_into_view_if_needed()
                     step = "lasso selection"
                     drag = plot.locator(".nsewdrag").first
                     box = drag.bounding_box()
