@@ -35,8 +35,10 @@ N, D = 4, 8
 
 
 def run_property(n_examples: int, strategy, check) -> None:
-    """Run ``check`` on ``n_examples`` draws of ``strategy`` (no deadline: the machine is shared)."""
-    @settings(max_examples=n_examples, deadline=None, database=None,
+    """Run ``check`` on ``n_examples`` draws of ``strategy`` (no deadline: the machine is shared).
+    The fast budget (``make test``) draws the same examples on every machine, so that a
+    failure there reproduces anywhere; the slow budget explores new ones on every run."""
+    @settings(max_examples=n_examples, deadline=None, database=None, derandomize=n_examples == FAST,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(strategy)
     def prop(x):
