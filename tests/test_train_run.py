@@ -4,6 +4,8 @@ in cryoDRGN formats, a run is a function of its seed, lazy and in-memory data ag
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import time
 
@@ -80,6 +82,21 @@ def test_same_seed_same_weights_lazy_or_not(synth, tmp_path):
     assert same_weights(runs["a"], runs["b"])
     assert same_weights(runs["a"], runs["lazy"])
     assert not same_weights(runs["a"], runs["other_seed"])
+
+
+def test_resume_with_another_batch_size_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from cryofire_nb.errors import InputError
+    from cryofire_nb.train.trainer import _merge_resume
+
+    ckpt = SimpleNamespace(config={"batch_size": 32, "method": "amortised"})
+    cfg = TrainConfig(particles="p.mrcs", outdir=str(tmp_path), method="amortised", batch_size=64,
+                      load=str(tmp_path / "checkpoint.pt"))
+    with pytest.raises(InputError, match="resume with -b 32"):
+        _merge_resume(cfg, ckpt)
+    assert _merge_resume(dataclasses.replace(cfg, batch_size=32), ckpt).batch_size == 32
+    assert _merge_resume(dataclasses.replace(cfg, batch_size=None), ckpt).batch_size == 32
 
 
 def test_load_resumes_exactly(synth, tmp_path):

@@ -146,7 +146,11 @@ def main(args: argparse.Namespace) -> int:
     from ..train.outputs import RUN_FILES
     from ..train.trainer import WARMUP_STEPS
 
-    if guard_folder(args.outdir, [args.particles, args.ctf, args.poses, args.ind, args.distill_poses, args.gt_poses,
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all (errors still reach stderr)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    # under torchrun only rank 0 writes, so only rank 0 checks the folder (another rank
+    # could otherwise see rank 0's first file as an earlier run's)
+    if os.environ.get("RANK", "0") == "0" and guard_folder(args.outdir, [args.particles, args.ctf, args.poses, args.ind, args.distill_poses, args.gt_poses,
                                   args.gt_conf, args.gt_labels, args.load],
                     products=RUN_FILES, overwrite=args.overwrite, resume_from=args.load):
         print(f"resuming in {args.outdir}: its outputs will be replaced", flush=True)
@@ -159,6 +163,8 @@ def main(args: argparse.Namespace) -> int:
                   f"any training: the checkpoint is in {args.outdir}; start again with: "
                   f"{resume_command(cfg.command_line, args.outdir)}", file=sys.stderr, flush=True)
             return stop.exit_code
+    if result.outputs is None:  # a torchrun process other than rank 0: rank 0 reports and writes
+        return stop.exit_code if result.stopped_by == "interrupted" else 0
     st = result.state
     steady = "" if result.steady_images_per_s is None else \
         f" ({result.steady_images_per_s:.0f} after the first {WARMUP_STEPS} steps)"

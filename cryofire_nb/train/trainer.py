@@ -21,6 +21,7 @@ Dimension letters: N particles, b batch, d box.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import sys
 import time
@@ -41,6 +42,7 @@ from ..rotations import geodesic_distance_deg
 from ..validate import check_device
 from .. import stopping
 from . import interrupt
+from .distributed import Group
 from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig
 from .data import GroundTruth, ParticleData
@@ -68,7 +70,7 @@ WARMUP_STEPS = 2
 
 @dataclass
 class TrainResult:
-    outputs: RunOutputs
+    outputs: RunOutputs | None  # None in a torchrun process other than rank 0 (it writes nothing)
     state: TrainState
     history: History
     stopped_by: str  # "epochs", "max_images", "time_limit" or "interrupted" (SIGINT / SIGTERM)
@@ -94,6 +96,11 @@ def _merge_resume(cfg: TrainConfig, ckpt: Checkpoint) -> TrainConfig:
             data[name] = ckpt.config[name]
     if data.get("batch_size") is None:  # the preset's, recorded in the checkpoint (the preset is not applied
         data["batch_size"] = ckpt.config.get("batch_size")  # again on resume, and the epoch position needs it)
+    elif ckpt.config.get("batch_size") not in (None, data["batch_size"]):
+        # the checkpoint's place in the epoch is counted in batches of its own size
+        raise InputError(cfg.load, f"was written by a run with batch size {ckpt.config['batch_size']}, and "
+                                   f"-b {data['batch_size']} would resume at another place in the epoch",
+                         f"resume with -b {ckpt.config['batch_size']} (or without -b)")
     if "method" not in ckpt.config:  # written before runs recorded their method
         data["method"] = "known" if data.get("poses") else (
             "table" if data.get("init_search") or data.get("distill_poses") else "amortised")
@@ -127,6 +134,10 @@ class Trainer:
                   "model, optimiser and schedule settings come from the checkpoint", flush=True)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
+            torch.cuda.set_device(self.device)
+        self.group = Group.from_env(self.device)
         self.amp = bool(cfg.amp if cfg.amp is not None else True) and self.device.type == "cuda"
         spec0 = None if self.ckpt is None else ModelSpec.from_dict(self.ckpt.spec)
         # ---- every input is read and checked here, before anything is written
@@ -166,6 +177,11 @@ class Trainer:
         self.holdout = holdout_positions(n, cfg.seed) if cfg.pose_table else np.empty(0, dtype=np.int64)
         self.train_positions = np.setdiff1d(np.arange(n), self.holdout)
         self._next_holdout: int | None = None
+        if self.ckpt is not None and len(self.holdout) and self.history.holdout:
+            # a resumed run scores the held-out particles where the straight run would have
+            self._next_holdout = self.history.holdout[-1]["images_seen"] + self._holdout_interval()
+        elif self.ckpt is not None and len(self.holdout) and cfg.resolved.get("hetero_done"):
+            self._next_holdout = self.state.images_seen
         self._distill_ended_at: int | None = None
         self._target_err = None
         self._hd = None  # Hartley copy of the data for the search / refinement (built once)
@@ -210,7 +226,7 @@ class Trainer:
                 "decoder_config": self.spec.decoder, "normalization": self.spec.normalization,
                 "preprocess": self.spec.preprocess, "image_size_px": self.d, "n_particles": self.n,
                 "pixel_size_angstrom": self.spec.pixel_size_angstrom, "device": str(self.device),
-                "amp_bf16": self.amp, "resumed_from": self.cfg.load}
+                "amp_bf16": self.amp, "resumed_from": self.cfg.load, "world_size": self.group.world}
 
     def _set_schedules(self) -> None:
         r = self.cfg.resolved
@@ -261,17 +277,31 @@ class Trainer:
         rots = torch.as_tensor(res.rots).float().cpu().numpy()
         shifts = torch.as_tensor(res.shifts_px).float().cpu().numpy()
         self.targets = (rots, shifts)
-        write_poses(self.outdir / "init_search_poses.pkl", Poses.from_shift_px(rots, shifts, self.d))
+        if self.group.is_main:
+            write_poses(self.outdir / "init_search_poses.pkl", Poses.from_shift_px(rots, shifts, self.d))
         vol = getattr(res, "volume_hartley", None)
         grids = getattr(self.model.decoder, "grids", None)
         if vol is not None and grids is not None and tuple(vol.shape) == tuple(grids.shape[1:]):
             scale = hd.norm_std / self.data.normalization.std  # to this run's normalisation
             with torch.no_grad():
                 grids[0].copy_(torch.as_tensor(vol).to(grids) * scale)
+        self._share_tables()
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _share_tables(self) -> None:
+        """With torchrun: rank 0's pose and latent tables and volume on every rank (the
+        search and refinement run on every rank but stop on their own clocks)."""
+        if not self.group.active:
+            return
+        self.targets, self.z_table = self.group.from_main((self.targets, self.z_table))
+        grids = getattr(self.model.decoder, "grids", None)
+        if grids is not None:
+            self.group.tensor_from_main(grids)
+
     def _checkpoint(self) -> None:
+        if not self.group.is_main:
+            return
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         targets = None if self.targets is None else (self.targets[0], self.targets[1])
         if targets is not None and self.z_table is not None:
@@ -307,21 +337,21 @@ class Trainer:
             if self.known is not None:
                 kr = torch.as_tensor(self.known[0][pos], device=self.device)
                 ks = torch.as_tensor(self.known[1][pos], device=self.device)
-                res = known_pose_step(self.model, batch, kr, ks, self.lattice, mask, st.images_seen, self.pose_only,
+                res = self.group.step(known_pose_step, self.model, batch, kr, ks, self.lattice, mask, st.images_seen, self.pose_only,
                                       cfg.resolved_kl_weight(), self.gen)
                 phase = "known_poses"
             elif self.targets is not None and (cfg.pose_table or st.images_seen < self.distill_images):
                 tgt = PoseTargets(torch.as_tensor(self.targets[0][pos], device=self.device),
                                   torch.as_tensor(self.targets[1][pos], device=self.device))
                 zt = None if self.z_table is None else torch.as_tensor(self.z_table[pos], device=self.device)
-                res = distill_step(self.model, batch, tgt, self.lattice, mask, st.images_seen, self.pose_only,
+                res = self.group.step(distill_step, self.model, batch, tgt, self.lattice, mask, st.images_seen, self.pose_only,
                                    cfg.resolved_kl_weight(), cfg.pose_loss_weight, cfg.shift_loss_weight, self.gen,
                                    z_target=zt, z_weight=cfg.z_loss_weight,
                                    quarter_turns=cfg.quarter_turns and cfg.pose_table and self._table_final())
                 phase = "distill"
                 self._target_err = geodesic_distance_deg(res.rots.float(), tgt.rots.float()).detach().cpu()
             else:
-                res = amortised_step(self.model, batch, self.lattice, mask, st.images_seen, self.pose_only,
+                res = self.group.step(amortised_step, self.model, batch, self.lattice, mask, st.images_seen, self.pose_only,
                                      cfg.resolved_kl_weight(), self.gen)
                 phase = "amortised"
         self.opt.zero_grad(set_to_none=True)
@@ -335,7 +365,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         self.outdir.mkdir(parents=True, exist_ok=True)
         self._build()
-        if not (self.outdir / "weights.pt").exists():
+        if self.group.is_main and not (self.outdir / "weights.pt").exists():
             # a new folder gets its settings now; over earlier results (resume, --overwrite) the new
             # config.yaml is written with the new weights at the end, so a failed run leaves a matching pair
             write_config(self.outdir, cfg, self._config_extra())
@@ -352,6 +382,7 @@ class Trainer:
         if not cfg.resolved and planned is not None:
             cfg.resolve_schedules(self.d, planned)
         self._set_schedules()
+        self.group.wrap(self.model, self.device)
         stopped_by = self._loop(limit_s)
         # ---- final pass and outputs
         radius = self.marching.radius_px(st.images_seen)
@@ -387,8 +418,10 @@ class Trainer:
             if encoder is not None:
                 enc = gt_metrics(encoder.rots, encoder.shift_px, encoder.z, self.gt, np.arange(self.n), self.d)
                 self.history.final["encoder"] = {**enc.to_dict(), "summary": enc.summary_lines()}
-        outputs = write_outputs(self.outdir, cfg, self.model, inferred, self.history, self._config_extra())
-        if encoder is not None:
+        outputs = None
+        if self.group.is_main:
+            outputs = write_outputs(self.outdir, cfg, self.model, inferred, self.history, self._config_extra())
+        if encoder is not None and self.group.is_main:
             write_poses(self.outdir / "encoder_poses.pkl", Poses.from_shift_px(encoder.rots, encoder.shift_px, self.d))
             write_latents(self.outdir / "encoder_z.pkl", Latents(encoder.z.reshape(len(encoder.z), -1)))
         self._checkpoint()
@@ -430,16 +463,19 @@ class Trainer:
             if done:
                 stopped_by = done
                 break
+            stop = None
             if interrupt.requested():  # SIGINT / SIGTERM: stop between steps, outputs as at the end
-                stopped_by = "interrupted"
-                break
-            if limit_s is not None:
+                stop = "interrupted"
+            elif limit_s is not None:
                 now = time.perf_counter() - self.t0
                 # time left for the final pass: one encoder pass (2 images) per particle ~ a third of a step
                 reserve = 5.0 + (0.5 * self.n / max(bs, 1) * step_time if step_time else 5.0)
                 if now + (step_time or 0.0) + reserve > limit_s:
-                    stopped_by = "time_limit"
-                    break
+                    stop = "time_limit"
+            stop = self.group.agree_stop(stop)  # with torchrun: every rank stops at the same step
+            if stop is not None:
+                stopped_by = stop
+                break
             if st.batch_in_epoch >= -(-len(self.train_positions) // bs):
                 st.epoch += 1
                 st.batch_in_epoch = 0
@@ -449,11 +485,17 @@ class Trainer:
             pos = order[st.batch_in_epoch * bs:(st.batch_in_epoch + 1) * bs]
             if cfg.max_images is not None:
                 pos = pos[:cfg.max_images - st.images_seen]
+            if len(pos) < self.group.world:  # too few left to give every process an image
+                if cfg.max_images is not None and st.images_seen + len(pos) >= cfg.max_images:
+                    stopped_by = "max_images"
+                    break
+                st.batch_in_epoch = -(-len(self.train_positions) // bs)  # the epoch ends here
+                continue
             if next_eval is not None and st.images_seen >= next_eval and self.eval_every is not None:
                 self._evaluate(time.perf_counter() - self.t0)
                 next_eval = st.images_seen + self.eval_every
             t_step = time.perf_counter()
-            res, phase = self._step(pos)
+            res, phase = self._step(self.group.shard(pos))
             dt = time.perf_counter() - t_step
             if steps_this_run >= WARMUP_STEPS:
                 step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
@@ -479,6 +521,8 @@ class Trainer:
                 entry = self._log(acc, time.perf_counter() - self.t0)
                 bar.set_postfix(loss=f"{entry.recon:.4g}", r=f"{entry.radius_px:.0f}", phase=phase[:4])
                 self._maybe_end_distillation(entry)
+                if self.group.active:  # rank 0's decision, from its own shard's numbers
+                    self.distill_images = self.group.from_main(self.distill_images)
             if cfg.pose_table and self.targets is not None and not cfg.resolved.get("hetero_done") \
                     and "hetero_at_images" in cfg.resolved and st.images_seen >= cfg.resolved["hetero_at_images"]:
                 self._hetero(limit_s)
@@ -529,9 +573,13 @@ class Trainer:
             entry[f"{name}_shift_median_px"] = round(float(np.median(shift)), 4)
         self.model.train()
         self.history.holdout.append(entry)
-        planned = cfg.resolved.get("planned_images") if cfg.resolved else None
-        self._next_holdout = st.images_seen + max(cfg.batch_size, (planned or 10 * self.n) // 10)
+        self._next_holdout = st.images_seen + self._holdout_interval()
         return entry
+
+    def _holdout_interval(self) -> int:
+        """Images between two scorings of the held-out particles: about ten per run."""
+        planned = self.cfg.resolved.get("planned_images") if self.cfg.resolved else None
+        return max(self.cfg.batch_size, (planned or 10 * self.n) // 10)
 
     def _warn(self, text: str) -> None:
         self.history.warnings.append(text)
@@ -601,6 +649,7 @@ class Trainer:
             with torch.no_grad():
                 grids.copy_(res.basis.to(grids) * (hd.norm_std / self.data.normalization.std))
             self.opt.state.pop(grids, None)  # Adam's moments belong to the old grids
+        self._share_tables()
         cfg.resolved["hetero_done"] = True
         self._next_holdout = st.images_seen
         seconds = time.perf_counter() - t_start
@@ -642,7 +691,7 @@ class Trainer:
         """Time-only budget: planned images = rate x remaining time x 0.6 (steps slow down as
         the loss disc grows)."""
         remaining = max(limit_s - (time.perf_counter() - self.t0), 0.0)
-        planned = int(self.state.images_seen + 0.6 * images_per_s * remaining)
+        planned = self.group.from_main(int(self.state.images_seen + 0.6 * images_per_s * remaining))
         self.cfg.resolve_schedules(self.d, max(planned, 1))
         self._set_schedules()
         if self.gt is not None and self.eval_every is None:
@@ -691,6 +740,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run one training invocation (see the module docstring)."""
     if not cfg.command_line:
         cfg.command_line = " ".join(shlex.quote(a) for a in sys.argv)
-    return Trainer(cfg).run()
+    trainer = Trainer(cfg)
+    try:
+        result = trainer.run()
+    except BaseException:
+        trainer.group.close(wait=False)  # torchrun stops the other processes
+        raise
+    trainer.group.close()
+    return result
 
 
