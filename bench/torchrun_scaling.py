@@ -28,8 +28,9 @@ REPO = HERE.parent
 
 def simulate(out: Path, n: int) -> Path:
     if not (out / "particles.mrcs").is_file():
-        subprocess.run([sys.executable, "-m", "cryofire_nb", "simulate", str(REPO / "data_demo" / "adk_continuous_d32.yaml"),
-                        "--n-particles", str(n), "-o", str(out), "--overwrite"], check=True, cwd=REPO)
+        config = REPO / "data_demo" / "adk_continuous_d32.yaml"
+        subprocess.run([sys.executable, "-m", "cryofire_nb", "simulate", str(config), "--n-particles", str(n),
+                        "-o", str(out), "--overwrite"], check=True, cwd=REPO)
     return out
 
 
@@ -67,7 +68,8 @@ def main() -> None:
     runs = [train(data, args.out / f"run_p{p}", p, args.images, args.threads, args.device) for p in args.procs]
     base = runs[0]["steady_images_per_s"]
     for r in runs:
-        r["speed_ratio_to_first"] = round(r["steady_images_per_s"] / base, 3) if base and r["steady_images_per_s"] else None
+        rate = r["steady_images_per_s"]
+        r["speed_ratio_to_first"] = round(rate / base, 3) if base and rate else None
         print(json.dumps(r), flush=True)
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()

@@ -337,22 +337,22 @@ class Trainer:
             if self.known is not None:
                 kr = torch.as_tensor(self.known[0][pos], device=self.device)
                 ks = torch.as_tensor(self.known[1][pos], device=self.device)
-                res = self.group.step(known_pose_step, self.model, batch, kr, ks, self.lattice, mask, st.images_seen, self.pose_only,
-                                      cfg.resolved_kl_weight(), self.gen)
+                res = self.group.step(known_pose_step, self.model, batch, kr, ks, self.lattice, mask,
+                                      st.images_seen, self.pose_only, cfg.resolved_kl_weight(), self.gen)
                 phase = "known_poses"
             elif self.targets is not None and (cfg.pose_table or st.images_seen < self.distill_images):
                 tgt = PoseTargets(torch.as_tensor(self.targets[0][pos], device=self.device),
                                   torch.as_tensor(self.targets[1][pos], device=self.device))
                 zt = None if self.z_table is None else torch.as_tensor(self.z_table[pos], device=self.device)
-                res = self.group.step(distill_step, self.model, batch, tgt, self.lattice, mask, st.images_seen, self.pose_only,
-                                   cfg.resolved_kl_weight(), cfg.pose_loss_weight, cfg.shift_loss_weight, self.gen,
-                                   z_target=zt, z_weight=cfg.z_loss_weight,
-                                   quarter_turns=cfg.quarter_turns and cfg.pose_table and self._table_final())
+                res = self.group.step(distill_step, self.model, batch, tgt, self.lattice, mask, st.images_seen,
+                                      self.pose_only, cfg.resolved_kl_weight(), cfg.pose_loss_weight,
+                                      cfg.shift_loss_weight, self.gen, z_target=zt, z_weight=cfg.z_loss_weight,
+                                      quarter_turns=cfg.quarter_turns and cfg.pose_table and self._table_final())
                 phase = "distill"
                 self._target_err = geodesic_distance_deg(res.rots.float(), tgt.rots.float()).detach().cpu()
             else:
-                res = self.group.step(amortised_step, self.model, batch, self.lattice, mask, st.images_seen, self.pose_only,
-                                     cfg.resolved_kl_weight(), self.gen)
+                res = self.group.step(amortised_step, self.model, batch, self.lattice, mask, st.images_seen,
+                                      self.pose_only, cfg.resolved_kl_weight(), self.gen)
                 phase = "amortised"
         self.opt.zero_grad(set_to_none=True)
         res.loss.backward()
