@@ -142,17 +142,20 @@ def main(args: argparse.Namespace) -> int:
     from ..io.outputs_guard import guard_folder
     from ..stopping import StageStopped
     from ..train import train
+    from ..train.distributed import is_main_process
     from ..train.interrupt import stop_on_signals
     from ..train.outputs import RUN_FILES
     from ..train.trainer import WARMUP_STEPS
 
-    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all (errors still reach stderr)
+    main_process = is_main_process()
+    if not main_process:  # under torchrun rank 0 speaks for all (errors still reach stderr)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     # under torchrun only rank 0 writes, so only rank 0 checks the folder (another rank
     # could otherwise see rank 0's first file as an earlier run's)
-    if os.environ.get("RANK", "0") == "0" and guard_folder(args.outdir, [args.particles, args.ctf, args.poses, args.ind, args.distill_poses, args.gt_poses,
-                                  args.gt_conf, args.gt_labels, args.load],
-                    products=RUN_FILES, overwrite=args.overwrite, resume_from=args.load):
+    inputs = [args.particles, args.ctf, args.poses, args.ind, args.distill_poses, args.gt_poses, args.gt_conf,
+              args.gt_labels, args.load]
+    if main_process and guard_folder(args.outdir, inputs, products=RUN_FILES, overwrite=args.overwrite,
+                                     resume_from=args.load):
         print(f"resuming in {args.outdir}: its outputs will be replaced", flush=True)
     with stop_on_signals() as stop:
         cfg = config_from_args(args)

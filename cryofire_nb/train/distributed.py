@@ -50,6 +50,11 @@ class _StepModule(nn.Module):
         return res.loss, res
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun job, or runs alone."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 class Group:
     """This process's place in the run: ``rank`` of ``world`` (0 of 1 without torchrun)."""
 
@@ -70,11 +75,15 @@ class Group:
 
     @classmethod
     def from_env(cls, device: torch.device) -> "Group":
-        """Join the process group torchrun describes in the environment (or none)."""
+        """Join the process group torchrun describes in the environment (or none). On
+        GPUs each process takes its own, ``cuda:LOCAL_RANK``: the group's ``device``."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            return cls()
+            return cls(device=device)
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
         return cls(rank, world, local, device)

@@ -21,7 +21,6 @@ Dimension letters: N particles, b batch, d box.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 import sys
 import time
@@ -133,11 +132,8 @@ class Trainer:
             print(f"resuming {cfg.load} at step {self.ckpt.state.step} ({self.ckpt.state.images_seen} images): "
                   "model, optimiser and schedule settings come from the checkpoint", flush=True)
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        if self.device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
-            torch.cuda.set_device(self.device)
-        self.group = Group.from_env(self.device)
+        self.group = Group.from_env(resolve_device(cfg.device))
+        self.device = self.group.device  # under torchrun on GPUs, this process's own GPU
         self.amp = bool(cfg.amp if cfg.amp is not None else True) and self.device.type == "cuda"
         spec0 = None if self.ckpt is None else ModelSpec.from_dict(self.ckpt.spec)
         # ---- every input is read and checked here, before anything is written
