@@ -113,7 +113,7 @@ class HartleyData:
     def ctf(self) -> Tensor:
         """All CTF rows (N, n) of a resident set (ones without a CTF)."""
         self._need_resident("ctf")
-        return self._ctf if self._ctf is not None else torch.ones_like(self._x)
+        return self.rows(slice(None))[1]
 
     def _need_resident(self, what: str) -> None:
         if self._x is None:
@@ -125,11 +125,11 @@ class HartleyData:
         """Hartley rows and CTF rows (b, n) of the particles ``sel`` (a slice, or positions
         as a tensor or an array)."""
         if self._x is not None:
-            x = self._x[sel]
-            return x, (self._ctf[sel] if self._ctf is not None else torch.ones_like(x))
-        pos = self._positions(sel)
-        x = self._hartley(pos)
-        return x, self._ctf_rows(torch.as_tensor(pos, device=self.device), x)
+            x, ctf = self._x[sel], (None if self._ctf is None else self._ctf[sel])
+        else:
+            pos = self._positions(sel)
+            x, ctf = self._hartley(pos), self._ctf_rows(pos)
+        return x, (torch.ones_like(x) if ctf is None else ctf)
 
     def subset(self, sel) -> "HartleyData":
         """A resident HartleyData of the particles ``sel``."""
@@ -147,10 +147,11 @@ class HartleyData:
         raw = torch.as_tensor(np.asarray(self._get(pos))).to(self.device)
         return images_to_hartley(raw, invert=self._invert) / self.norm_std
 
-    def _ctf_rows(self, pos: Tensor, like: Tensor) -> Tensor:
+    def _ctf_rows(self, pos: np.ndarray) -> Tensor | None:
+        """CTF rows (b, n) evaluated from the table, or None without a CTF."""
         if self._ctf_table is None:
-            return torch.ones_like(like)
-        params = CTFParams.from_table(self._ctf_table[pos])
+            return None
+        params = CTFParams.from_table(self._ctf_table[torch.as_tensor(pos, device=self.device)])
         return params.evaluate(self.lattice.coords_xy.double(), self.lattice.d).float()
 
     # ------------------------------------------------------------------ construction
@@ -200,6 +201,6 @@ class HartleyData:
             pos = np.arange(i, min(n, i + chunk))
             x[i:i + len(pos)] = out._hartley(pos)
             if ctf is not None:
-                ctf[i:i + len(pos)] = out._ctf_rows(torch.as_tensor(pos, device=lat.coords.device), x[:1])
+                ctf[i:i + len(pos)] = out._ctf_rows(pos)
         out._x, out._ctf, out._get, out._ctf_table = x, ctf, None, None
         return out
