@@ -131,6 +131,34 @@ class _VolumeModel:
         return real_to_hartley_volume(v)
 
 
+def global_search_seconds(data: HartleyData, cfg: AbinitConfig | None = None) -> float:
+    """Seconds per particle of :func:`run_abinit`'s global search (reading the rows
+    included) on this machine, timed on one of its batches (``cfg.batch_size_full``
+    particles: the slices of every grid rotation are shared by a batch) against a volume
+    backprojected from them at random poses (the cost does not depend on the volume)."""
+    cfg = cfg or AbinitConfig()
+    lat, n = data.lattice, data.n_particles
+    dev, dt = data.device, data.dtype
+    g = torch.Generator().manual_seed(cfg.seed)
+    sel = torch.arange(min(n, cfg.batch_size_full))
+    model = _VolumeModel(lat.d, cfg, dt, dev)
+    model.acc.add(*data.rows(sel), lat, torch.nonzero(lat.mask(cfg.radius_end_px + 2)).squeeze(1),
+                  random_rotations(len(sel), g, dtype=dt).to(dev)[:, None],
+                  torch.zeros(len(sel), 1, 2, dtype=dt, device=dev))
+    vol_h = model.volume()
+    index = torch.nonzero(lat.mask(cfg.radius_end_px, exclude_dc=True)).squeeze(1)
+    grid_f = so3_grid(*cfg.grid_fine, dtype=dt, device=dev)
+    shifts_f = shift_grid(cfg.max_shift_px, cfg.shift_step_fine_px, dtype=dt).to(dev)
+    times = []
+    for part in (sel[: max(1, len(sel) // 4)], sel):  # the first call also pays one-off set-up costs
+        t = time.perf_counter()
+        global_search(*data.rows(part), vol_h, lat, index, grid_f, shifts_f, 1.0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append((time.perf_counter() - t) / len(part))
+    return times[-1]
+
+
 def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s: float | None = None,
                progress: bool = True, callback=None) -> AbinitResult:
     """Ab initio poses and consensus volume for all particles of ``data``.

@@ -10,6 +10,7 @@ Dimension letters: N particles, b batch, d box, n = (d+1)^2 lattice points.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -84,6 +85,7 @@ class HartleyData:
         self._n = int(n)
         self._x, self._ctf = x, ctf
         self._get, self._ctf_table, self._invert = get_images, ctf_table, invert
+        self._index: np.ndarray | None = None  # a view's positions in the set it was taken from
 
     # ------------------------------------------------------------------ basics
 
@@ -107,7 +109,7 @@ class HartleyData:
     def x(self) -> Tensor:
         """All rows (N, n) of a resident set."""
         self._need_resident("x")
-        return self._x
+        return self._x if self._index is None else self.rows(slice(None))[0]
 
     @property
     def ctf(self) -> Tensor:
@@ -124,12 +126,27 @@ class HartleyData:
     def rows(self, sel) -> tuple[Tensor, Tensor]:
         """Hartley rows and CTF rows (b, n) of the particles ``sel`` (a slice, or positions
         as a tensor or an array)."""
+        if self._index is not None:  # a view: positions in the set it shares its rows with
+            sel = self._index[self._positions(sel)]
         if self._x is not None:
+            if isinstance(sel, np.ndarray):
+                sel = torch.as_tensor(sel, device=self._x.device)
             x, ctf = self._x[sel], (None if self._ctf is None else self._ctf[sel])
         else:
             pos = self._positions(sel)
             x, ctf = self._hartley(pos), self._ctf_rows(pos)
         return x, (torch.ones_like(x) if ctf is None else ctf)
+
+    def view(self, index) -> "HartleyData":
+        """The particles ``index`` (positions in this set) as a set of their own that shares
+        this one's rows or image source: nothing is copied."""
+        index = self._positions(index)
+        if len(index) and (index.min() < 0 or index.max() >= self._n):
+            raise IndexError(f"positions outside 0..{self._n - 1}")
+        out = copy.copy(self)
+        out._index = index if self._index is None else self._index[index]
+        out._n = len(index)
+        return out
 
     def subset(self, sel) -> "HartleyData":
         """A resident HartleyData of the particles ``sel``."""
@@ -185,22 +202,30 @@ class HartleyData:
         count = m * (d + 1) ** 2
         std = float(np.sqrt(max(total_sq - total * total / count, 0.0) / max(count - 1, 1)))
         out = cls(lat, std, apix, n, get_images=get, ctf_table=table, invert=invert)
-        if lazy:
-            return out
-        need = n * (d + 1) ** 2 * 4 * (2 if table is not None else 1)
-        free = available_memory_bytes(lat.coords.device)
+        return out if lazy else out.resident(progress=progress, chunk=chunk, source=source)
+
+    def resident(self, progress=None, chunk: int = 2048, source=None) -> "HartleyData":
+        """This set (or view) with every row computed once and kept, in chunks of ``chunk``
+        images (``progress`` wraps their loop). A set that would not fit in
+        ``MEMORY_FRACTION`` of the free memory is an InputError that names ``--lazy``;
+        ``source`` (a path) is named in it."""
+        if self._x is not None:
+            return self
+        n, d, device = self._n, self.lattice.d, self.device
+        need = n * (d + 1) ** 2 * 4 * (2 if self._ctf_table is not None else 1)
+        free = available_memory_bytes(device)
         if need > MEMORY_FRACTION * free:
             raise InputError(source, f"{n} particles at {d} px need {need / 2 ** 30:.1f} GiB on the Hartley "
                                      f"lattice and {free / 2 ** 30:.1f} GiB is free",
                              "pass --lazy to read the particles in batches from disk")
-        x = torch.empty(n, (d + 1) ** 2, dtype=torch.float32, device=lat.coords.device)
-        ctf = None if table is None else torch.empty_like(x)
+        x = torch.empty(n, (d + 1) ** 2, dtype=torch.float32, device=device)
+        ctf = None if self._ctf_table is None else torch.empty_like(x)
         it = range(0, n, chunk)
         for i in (progress(it) if progress else it):
             stopping.check()
             pos = np.arange(i, min(n, i + chunk))
-            x[i:i + len(pos)] = out._hartley(pos)
+            real = pos if self._index is None else self._index[pos]
+            x[i:i + len(pos)] = self._hartley(real)
             if ctf is not None:
-                ctf[i:i + len(pos)] = out._ctf_rows(pos)
-        out._x, out._ctf, out._get, out._ctf_table = x, ctf, None, None
-        return out
+                ctf[i:i + len(pos)] = self._ctf_rows(real)
+        return HartleyData(self.lattice, self.norm_std, self.pixel_size_angstrom, n, x=x, ctf=ctf)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..io import Latents, Poses, write_latents, write_poses
+from ..io.pkl import write_indices
 from ..metrics import RunMetrics
 from ..model.decoder import HyperVolumeConfig, VoxelVolumeConfig
 from ..model.encoder import EncoderConfig
@@ -65,6 +66,18 @@ PROBE_STEPS = 10  # steps timed before a time-only budget fixes its schedules
 # The first steps of a run are not timed for the budget: on a GPU they include CUDA's lazy
 # start-up and cuDNN's algorithm search (seconds, against ~25 ms for a step after them).
 WARMUP_STEPS = 2
+#: Under a time limit, the pose table (search and heterogeneous refinement) covers a random
+#: subset of a set too large for the limit, never fewer particles than this (a smaller set:
+#: all of them, even past the limit), so that the consensus and the refinement's volumes
+#: stay well determined.
+TABLE_MIN_PARTICLES = 5000
+#: The heterogeneous refinement's least work per particle (latent updates, its global stage,
+#: gauge fixes, the first two local rounds, the final fits) in units of the search rate the
+#: plan measures (abinit.global_search_seconds): 4.4 at d = 64 (bench/table_budget.py,
+#: bench/results/table_budget_d64.json), rounded up for a margin.
+HETERO_COST = 5.0
+#: Images timed through the encoder to plan the time the final pass over all particles needs.
+INFER_PROBE_IMAGES = 512
 
 
 @dataclass
@@ -170,8 +183,11 @@ class Trainer:
         self.history = History() if self.ckpt is None else History.from_dict(self.ckpt.history)
         self.state = TrainState() if self.ckpt is None else self.ckpt.state
         self.n, self.d = n, d
-        self.holdout = holdout_positions(n, cfg.seed) if cfg.pose_table else np.empty(0, dtype=np.int64)
-        self.train_positions = np.setdiff1d(np.arange(n), self.holdout)
+        # particles of the pose table when it covers a subset (a time limit too short for all), else None
+        self.table_index: np.ndarray | None = None
+        if self.ckpt is not None and self.ckpt.extra.get("table_index") is not None:
+            self.table_index = np.asarray(self.ckpt.extra["table_index"], dtype=np.int64)
+        self._set_positions()
         self._next_holdout: int | None = None
         if self.ckpt is not None and len(self.holdout) and self.history.holdout:
             # a resumed run scores the held-out particles where the straight run would have
@@ -180,9 +196,20 @@ class Trainer:
             self._next_holdout = self.state.images_seen
         self._distill_ended_at: int | None = None
         self._target_err = None
-        self._hd = None  # Hartley copy of the data for the search / refinement (built once)
+        self._hd = None  # the table's particles on the Hartley lattice for the search / refinement (built once)
+        self._hd_all = None
 
     # ------------------------------------------------------------------ set-up
+
+    def _set_positions(self) -> None:
+        """Held-out and training particles: in a pose-table run, a tenth of the table's
+        particles is held out; without a table every particle trains."""
+        cfg, n = self.cfg, self.n
+        self.holdout = holdout_positions(n, cfg.seed) if cfg.pose_table else np.empty(0, dtype=np.int64)
+        pool = np.arange(n) if self.table_index is None else self.table_index
+        if self.table_index is not None:
+            self.holdout = np.intersect1d(self.holdout, pool)
+        self.train_positions = np.setdiff1d(pool, self.holdout)
 
     def _new_spec(self) -> ModelSpec:
         cfg, d = self.cfg, self.data.d
@@ -250,31 +277,84 @@ class Trainer:
             return None
         return lambda it: tqdm(it, desc=desc, unit="chunk")
 
-    def _hartley_data(self):
+    def _streaming_hartley_data(self):
+        """All particles on the Hartley lattice, each row computed when read (only the
+        normalisation is computed here)."""
         from ..hartley_data import HartleyData
 
+        if self._hd_all is None:
+            self._hd_all = HartleyData.from_images(self.data, self.data.ctf_table, invert=self.cfg.invert_contrast,
+                                                   device=self.device, lazy=True)
+        return self._hd_all
+
+    def _hartley_data(self):
+        """The pose table's particles (all, or ``table_index``) on the Hartley lattice for
+        the search and refinement: rows kept in memory, or streamed under ``--lazy``."""
         if self._hd is None:
-            self._hd = HartleyData.from_images(self.data, self.data.ctf_table, invert=self.cfg.invert_contrast,
-                                               device=self.device, lazy=not self.data.in_memory,
-                                               source=self.data.source_path,
-                                               progress=self._progress("images to the Hartley lattice"))
+            hd = self._streaming_hartley_data()
+            if self.table_index is not None:
+                hd = hd.view(self.table_index)
+            if self.data.in_memory:
+                hd = hd.resident(progress=self._progress("images to the Hartley lattice"),
+                                 source=self.data.source_path)
+            self._hd = hd
         return self._hd
 
-    def _init_search(self, time_limit_s: float | None) -> None:
+    def _plan_table(self, hd, acfg, limit_s: float | None) -> np.ndarray | None:
+        """The particles of the pose table: all (None), or under a time limit too short for
+        all of them, a random subset sized from this machine's measured search rate so that
+        the global search fits its share of the limit and the heterogeneous refinement's
+        least work fits its share (at least ``TABLE_MIN_PARTICLES``). ``hd()`` gives all
+        particles on the Hartley lattice (built only when a plan is needed)."""
+        cfg, n = self.cfg, self.n
+        if limit_s is None or n <= TABLE_MIN_PARTICLES:
+            return None
+        from ..abinit import global_search_seconds
+
+        per = global_search_seconds(hd(), acfg)
+        # the search's EM stage stops at half of its share; the global search has the rest
+        fits = 0.5 * cfg.search_time_fraction * limit_s / per
+        if cfg.pose_table and cfg.hetero_refine:
+            fits = min(fits, cfg.hetero_time_fraction * (1 - cfg.search_time_fraction) * limit_s / (HETERO_COST * per))
+        m = max(TABLE_MIN_PARTICLES, int(fits))
+        if m >= n:
+            return None
+        rng = np.random.default_rng([int(cfg.seed), 23])
+        index = np.sort(rng.choice(n, size=m, replace=False))
+        need_min = n * per * (1 + (HETERO_COST if cfg.pose_table and cfg.hetero_refine else 0)) / 60
+        print(f"pose table on {m} of {n} particles (a random subset): the global search takes {1e3 * per:.2f} ms "
+              f"per particle here, and the table of all {n} would need about {need_min:.0f} min of search and "
+              f"refinement in a {limit_s / 60:g}-min limit; the other {n - m} get the encoder's poses and z "
+              "(table_ind.pkl lists the table's particles)", flush=True)
+        return index
+
+    def _init_search(self, limit_s: float | None) -> None:
         from ..abinit import AbinitConfig, run_abinit
 
         print("init search: voxel pose search (cryofire_nb.abinit) ...", flush=True)
-        hd = self._hartley_data()
         # with the heterogeneous refinement to follow, the consensus refinement rounds are skipped
         kw = dict(refine_rounds=0) if self.cfg.pose_table else {}
         acfg = AbinitConfig.for_box(self.d, self.cfg.max_shift_px, seed=self.cfg.seed, **kw)
+        plan = self._plan_table(self._streaming_hartley_data, acfg, limit_s) if self.group.is_main else None
+        self.table_index = self.group.from_main(plan)
+        self._set_positions()
+        idx = self.table_index
+        hd = self._hartley_data()
+        time_limit_s = None if limit_s is None else self.cfg.search_time_fraction * limit_s
         with interrupt.stage("voxel pose search"):
             res = run_abinit(hd, acfg, time_limit_s=time_limit_s, progress=self.cfg.progress)
         rots = torch.as_tensor(res.rots).float().cpu().numpy()
         shifts = torch.as_tensor(res.shifts_px).float().cpu().numpy()
-        self.targets = (rots, shifts)
-        if self.group.is_main:
+        if self.group.is_main:  # the search's poses of the table's particles (in table_ind.pkl's order)
             write_poses(self.outdir / "init_search_poses.pkl", Poses.from_shift_px(rots, shifts, self.d))
+            if idx is not None:
+                write_indices(self.outdir / "table_ind.pkl", idx)
+        if idx is not None:  # rows outside the table are placeholders that no stage reads
+            full_r = np.broadcast_to(np.eye(3, dtype=np.float32), (self.n, 3, 3)).copy()
+            full_s = np.zeros((self.n, 2), dtype=np.float32)
+            full_r[idx], full_s[idx] = rots, shifts
+            rots, shifts = full_r, full_s
+        self.targets = (rots, shifts)
         vol = getattr(res, "volume_hartley", None)
         grids = getattr(self.model.decoder, "grids", None)
         if vol is not None and grids is not None and tuple(vol.shape) == tuple(grids.shape[1:]):
@@ -304,7 +384,8 @@ class Trainer:
             targets = (*targets, self.z_table)
         save_checkpoint(self.outdir / "checkpoint.pt", Checkpoint(
             self.cfg.to_dict(), self.spec.to_dict(), self.model.state_dict(), self.opt.state_dict(), self.state,
-            self.gen.get_state(), torch.get_rng_state(), cuda, self.history.to_dict(), targets))
+            self.gen.get_state(), torch.get_rng_state(), cuda, self.history.to_dict(), targets,
+            {} if self.table_index is None else {"table_index": self.table_index}))
 
     # ------------------------------------------------------------------ evaluation
 
@@ -368,7 +449,7 @@ class Trainer:
         limit_s = None if cfg.time_limit_min is None else cfg.time_limit_min * 60.0
         if cfg.init_search and self.targets is None:
             try:
-                self._init_search(None if limit_s is None else cfg.search_time_fraction * limit_s)
+                self._init_search(limit_s)
             except stopping.StageStopped:
                 # nothing trained yet: the checkpoint holds the settings and the untrained
                 # model, and a run resumed from it starts the search again
@@ -399,13 +480,16 @@ class Trainer:
         else:
             inferred = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), radius_px=radius,
                                      known=known, pose_only_active=self.pose_only.active(st.images_seen),
-                                     amp=self.amp, progress=cfg.progress)
+                                     amp=self.amp, progress=cfg.progress,
+                                     positions=None if table is None else self.table_index)
         if len(self.holdout) and self.targets is not None:
             self._score_holdout()
             h = self.history.holdout[-1]
             print(f"encoder vs pose table: median rotation difference {h['held_out_rotation_median_deg']:.1f} deg "
                   f"on {len(self.holdout)} held-out particles, {h['training_rotation_median_deg']:.1f} deg on "
                   "training particles", flush=True)
+        if table is not None and self.table_index is not None:
+            inferred = self._with_encoder_outside_table(inferred, encoder)
         self._final_warnings(inferred.rots, encoder)
         final = None
         if self.gt is not None:
@@ -424,6 +508,43 @@ class Trainer:
         rate = st.images_seen / max(st.train_seconds, 1e-9)
         steady = self._steady[0] / self._steady[1] if self._steady[1] > 0 else None
         return TrainResult(outputs, st, self.history, stopped_by, rate, final, steady, cfg)
+
+    def _with_encoder_outside_table(self, inferred, encoder):
+        """All particles' results: the table's rows for its particles (``inferred`` holds
+        all rows or, from a pass over the table's particles, only theirs) and the encoder's
+        poses and z for the rest."""
+        idx = self.table_index
+        out = dataclasses.replace(encoder, rots=encoder.rots.copy(), shift_px=encoder.shift_px.copy(),
+                                  z=encoder.z.copy(), mirrored=encoder.mirrored.copy(), loss=encoder.loss.copy())
+        rows = idx if len(inferred.rots) == self.n else slice(None)
+        for name in ("rots", "shift_px", "z", "mirrored", "loss"):
+            getattr(out, name)[idx] = getattr(inferred, name)[rows]
+        outside = self.n - len(idx)
+        last = self.history.holdout[-1] if self.history.holdout else None
+        gap = (f", {last['held_out_rotation_median_deg']:.1f} deg (median) from the table on held-out particles"
+               if last else "")
+        self._warn(f"the pose table covers {len(idx)} of {self.n} particles (the time limit was too short for "
+                   f"all); poses.pkl and z.pkl give the encoder's poses and z for the other {outside}{gap}. "
+                   "table_ind.pkl lists the table's particles (pass it as --ind to select them); a longer "
+                   "--time-limit, or `cryofire-nb infer --search` on the others, gives table poses for all")
+        return out
+
+    def _infer_seconds_per_image(self) -> float:
+        """Seconds per particle of an encoder pass over this set (reading included), timed
+        on ``INFER_PROBE_IMAGES`` particles: what the final pass over all of them will take."""
+        pos = np.unique(np.linspace(0, self.n - 1, min(self.n, INFER_PROBE_IMAGES)).round().astype(np.int64))
+        t = time.perf_counter()
+        infer_dataset(self.model, self.data, batch_size=max(self.cfg.batch_size, 256), positions=pos, amp=self.amp)
+        self.model.train()
+        return (time.perf_counter() - t) / len(pos)
+
+    def _final_seconds(self, infer_s: float) -> float:
+        """Time the final passes will take: one over all particles, and in a table run
+        without a latent table yet, one more over the table's particles."""
+        images = self.n
+        if self.cfg.pose_table and self.z_table is None:
+            images += self.n if self.table_index is None else len(self.table_index)
+        return 5.0 + 1.25 * images * infer_s
 
     def _budget_done(self) -> str | None:
         cfg, st = self.cfg, self.state
@@ -454,6 +575,12 @@ class Trainer:
         bar = tqdm(total=planned, initial=min(st.images_seen, planned or st.images_seen), unit="img",
                    desc="train", disable=not cfg.progress, dynamic_ncols=True)
         stopped_by = "epochs"
+        # the final passes' time is kept free at the end of a time limit
+        infer_s = None if limit_s is None else self._infer_seconds_per_image()
+        if infer_s is not None and self.n > 10 * INFER_PROBE_IMAGES:  # worth saying on a large set
+            print(f"{self._final_seconds(infer_s) / 60:.1f} min is kept for the final pass over the {self.n} "
+                  f"particles at the end of the time limit (the encoder reads {1 / infer_s:.0f} images/s here)",
+                  flush=True)
         while True:
             done = self._budget_done()
             if done:
@@ -464,9 +591,7 @@ class Trainer:
                 stop = "interrupted"
             elif limit_s is not None:
                 now = time.perf_counter() - self.t0
-                # time left for the final pass: one encoder pass (2 images) per particle ~ a third of a step
-                reserve = 5.0 + (0.5 * self.n / max(bs, 1) * step_time if step_time else 5.0)
-                if now + (step_time or 0.0) + reserve > limit_s:
+                if now + (step_time or 0.0) + self._final_seconds(infer_s) > limit_s:
                     stop = "time_limit"
             stop = self.group.agree_stop(stop)  # with torchrun: every rank stops at the same step
             if stop is not None:
@@ -609,14 +734,16 @@ class Trainer:
 
         cfg, st = self.cfg, self.state
         t_start = time.perf_counter()
+        idx = self.table_index  # the table's particles (None: all)
+        pos = np.arange(self.n) if idx is None else idx
         inf = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), known=self.targets,
-                            amp=self.amp)
+                            positions=idx, amp=self.amp)
         budget = None
         if limit_s is not None:
             budget = cfg.hetero_time_fraction * max(limit_s - (t_start - self.t0), 0.0)
         before = None
         if self.gt is not None:
-            before = gt_metrics(self.targets[0], self.targets[1], inf.z, self.gt, np.arange(self.n), self.d)
+            before = gt_metrics(self.targets[0][pos], self.targets[1][pos], inf.z, self.gt, pos, self.d)
         print(f"heterogeneous refinement of the pose targets at {st.images_seen} images"
               + (f" (budget {budget / 60:.1f} min)" if budget is not None else ""), flush=True)
         hd = self._hartley_data()
@@ -624,12 +751,12 @@ class Trainer:
         monitor = None
         if self.gt is not None:  # the median view error after every local round, in the event's stages
             def monitor(r, s):
-                m = gt_metrics(r.float().cpu().numpy(), s.float().cpu().numpy(), None, self.gt, np.arange(self.n),
-                               self.d)
+                m = gt_metrics(r.float().cpu().numpy(), s.float().cpu().numpy(), None, self.gt, pos, self.d)
                 return {"view_error_median_deg": round(m.rotations.view.median_deg, 3)}
         with interrupt.stage("heterogeneous refinement"):
             try:
-                res = hetero_refine(hd, torch.as_tensor(self.targets[0]), torch.as_tensor(self.targets[1]), inf.z,
+                res = hetero_refine(hd, torch.as_tensor(self.targets[0][pos]),
+                                    torch.as_tensor(self.targets[1][pos]), inf.z,
                                     HeteroRefineConfig.for_box(self.d, cfg.max_shift_px, n_components=n_basis,
                                                                global_search=cfg.hetero_global, seed=cfg.seed),
                                     progress=cfg.progress, time_limit_s=budget, monitor=monitor)
@@ -637,9 +764,13 @@ class Trainer:
                 print("heterogeneous refinement stopped part-way by a signal: the pose table is the one it started "
                       "from", flush=True)
                 return
-        self.targets = (res.rots.float().cpu().numpy(), res.shifts_px.float().cpu().numpy())
+        rots, shifts = self.targets[0].copy(), self.targets[1].copy()
+        rots[pos], shifts[pos] = res.rots.float().cpu().numpy(), res.shifts_px.float().cpu().numpy()
+        self.targets = (rots, shifts)
         if n_basis > 0:  # the latent table: z of each particle read off its image through the basis
-            self.z_table = res.coefficients[:, 1:].float().cpu().numpy()
+            z = res.coefficients[:, 1:].float().cpu().numpy()
+            self.z_table = np.zeros((self.n, z.shape[1]), dtype=np.float32)  # rows outside the table: unused
+            self.z_table[pos] = z
         grids = getattr(self.model.decoder, "grids", None)
         if grids is not None and tuple(res.basis.shape) == tuple(grids.shape):  # voxel decoder = the basis
             with torch.no_grad():
@@ -652,8 +783,8 @@ class Trainer:
         event = {"images_seen": int(st.images_seen), "seconds": round(seconds, 1),
                  "stages": res.history, "config": res.config}
         if before is not None:
-            after = gt_metrics(self.targets[0], self.targets[1], inf.z if self.z_table is None else self.z_table,
-                               self.gt, np.arange(self.n), self.d)
+            after = gt_metrics(self.targets[0][pos], self.targets[1][pos],
+                               inf.z if self.z_table is None else self.z_table[pos], self.gt, pos, self.d)
             vb, va = before.rotations.view.median_deg, after.rotations.view.median_deg
             event["view_error_median_deg"] = [vb, va]
             line = f"heterogeneous refinement: median view error {vb:.2f} -> {va:.2f} deg"
