@@ -58,8 +58,12 @@ def test_a_table_on_a_subset_leaves_the_encoder_the_rest(synth, tmp_path, monkey
     m = 120
     monkeypatch.setattr(trainer_mod, "TABLE_MIN_PARTICLES", 50)
     # a search rate at which the refinement's share of the limit fits exactly m particles
+    # a search rate at which the refinement's share of the limit, beside the search's share and
+    # the final pass (5 s + 1.25 x 300 x 10 ms), fits exactly m particles
+    monkeypatch.setattr(trainer_mod.Trainer, "_infer_seconds_per_image", lambda self: 0.01)
     cfg0 = TrainConfig(particles="p", outdir="o")
-    per = cfg0.hetero_time_fraction * (1 - cfg0.search_time_fraction) * limit_min * 60 / (trainer_mod.HETERO_COST * m)
+    free = (1 - cfg0.search_time_fraction) * limit_min * 60 - (5.0 + 1.25 * N * 0.01)
+    per = cfg0.hetero_time_fraction * free / (trainer_mod.HETERO_COST * m)
     monkeypatch.setattr(abinit, "global_search_seconds", lambda hd, cfg: per)
     gt = read_poses(synth.poses)
     searched = {}
@@ -103,13 +107,25 @@ def test_a_table_on_a_subset_leaves_the_encoder_the_rest(synth, tmp_path, monkey
     assert len(trainer.holdout) and not set(trainer.holdout) & set(trainer.train_positions)
 
 
-def test_a_set_within_the_limit_gets_a_table_of_all(synth, tmp_path, monkeypatch):
-    """Under TABLE_MIN_PARTICLES, or with time for all, no subset and no table_ind.pkl."""
+def test_the_plan_follows_the_limit_and_says_when_it_is_too_short(synth, tmp_path, monkeypatch):
+    """With time for all: no subset. Too little for the smallest table beside the final
+    pass: the smallest table, and a warning that names the limit that would fit."""
     import cryofire_nb.abinit as abinit
 
     monkeypatch.setattr(trainer_mod, "TABLE_MIN_PARTICLES", 50)
-    monkeypatch.setattr(abinit, "global_search_seconds", lambda hd, cfg: 1e-6)
+    monkeypatch.setattr(trainer_mod.Trainer, "_infer_seconds_per_image", lambda self: 0.01)
+    rate = {"per": 1e-6}
+    monkeypatch.setattr(abinit, "global_search_seconds", lambda hd, cfg: rate["per"])
     trainer = trainer_mod.Trainer(TrainConfig(particles=str(synth.particles), ctf=str(synth.ctf),
                                               outdir=str(tmp_path / "run"), time_limit_min=0.5, **SMALL))
     assert trainer._plan_table(lambda: None, None, 30.0) is None
     assert trainer.table_index is None and len(trainer.train_positions) + len(trainer.holdout) == N
+    assert not trainer.history.warnings
+    rate["per"] = 1.0  # a second per particle: not even 50 fit in 30 s
+    index = trainer._plan_table(lambda: None, None, 30.0)
+    assert len(index) == 50 and len(np.unique(index)) == 50
+    (warning,) = trainer.history.warnings
+    assert "too short" in warning and "particles and a final pass over all 300" in warning
+    need = float(warning.split("(about ")[1].split(" min")[0])
+    # the search's share must hold 50 s of global search: 0.5 x 0.4 x T >= 50 s, so T >= 4.2 min
+    assert need >= 4

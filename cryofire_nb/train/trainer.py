@@ -198,6 +198,7 @@ class Trainer:
         self._target_err = None
         self._hd = None  # the table's particles on the Hartley lattice for the search / refinement (built once)
         self._hd_all = None
+        self._infer_s: float | None = None  # seconds per particle of an encoder pass (timed once)
 
     # ------------------------------------------------------------------ set-up
 
@@ -312,11 +313,25 @@ class Trainer:
         from ..abinit import global_search_seconds
 
         per = global_search_seconds(hd(), acfg)
+        hetero = cfg.pose_table and cfg.hetero_refine
+        # the final pass over all particles (with a latent table, one encoder pass) is kept free
+        final = 5.0 + 1.25 * (1 if hetero else 2) * n * self._infer_seconds_per_image()
+        search = cfg.search_time_fraction * limit_s
         # the search's EM stage stops at half of its share; the global search has the rest
-        fits = 0.5 * cfg.search_time_fraction * limit_s / per
-        if cfg.pose_table and cfg.hetero_refine:
-            fits = min(fits, cfg.hetero_time_fraction * (1 - cfg.search_time_fraction) * limit_s / (HETERO_COST * per))
-        m = max(TABLE_MIN_PARTICLES, int(fits))
+        fits = 0.5 * search / per
+        if hetero:
+            fits = min(fits, cfg.hetero_time_fraction * max(limit_s - search - final, 0.0) / (HETERO_COST * per))
+        m = int(fits)
+        if m < TABLE_MIN_PARTICLES:
+            # the limit at which the smallest table fits its shares beside the final pass
+            need = TABLE_MIN_PARTICLES * per / (0.5 * cfg.search_time_fraction)
+            if hetero:
+                need = max(need, (TABLE_MIN_PARTICLES * HETERO_COST * per / cfg.hetero_time_fraction + final)
+                           / (1 - cfg.search_time_fraction))
+            self._warn(f"a {limit_s / 60:g}-min limit is too short on this machine for a pose table of "
+                       f"{TABLE_MIN_PARTICLES} particles and a final pass over all {n} (about {need / 60:.0f} min "
+                       "would fit them): the run will end after its limit")
+            m = TABLE_MIN_PARTICLES
         if m >= n:
             return None
         rng = np.random.default_rng([int(cfg.seed), 23])
@@ -531,12 +546,16 @@ class Trainer:
 
     def _infer_seconds_per_image(self) -> float:
         """Seconds per particle of an encoder pass over this set (reading included), timed
-        on ``INFER_PROBE_IMAGES`` particles: what the final pass over all of them will take."""
-        pos = np.unique(np.linspace(0, self.n - 1, min(self.n, INFER_PROBE_IMAGES)).round().astype(np.int64))
-        t = time.perf_counter()
-        infer_dataset(self.model, self.data, batch_size=max(self.cfg.batch_size, 256), positions=pos, amp=self.amp)
-        self.model.train()
-        return (time.perf_counter() - t) / len(pos)
+        once on ``INFER_PROBE_IMAGES`` particles: what the final pass over all of them will
+        take (the work does not depend on the weights)."""
+        if self._infer_s is None:
+            pos = np.unique(np.linspace(0, self.n - 1, min(self.n, INFER_PROBE_IMAGES)).round().astype(np.int64))
+            t = time.perf_counter()
+            infer_dataset(self.model, self.data, batch_size=max(self.cfg.batch_size, 256), positions=pos,
+                          amp=self.amp)
+            self.model.train()
+            self._infer_s = (time.perf_counter() - t) / len(pos)
+        return self._infer_s
 
     def _final_seconds(self, infer_s: float) -> float:
         """Time the final passes will take: one over all particles, and in a table run
@@ -739,8 +758,9 @@ class Trainer:
         inf = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), known=self.targets,
                             positions=idx, amp=self.amp)
         budget = None
-        if limit_s is not None:
-            budget = cfg.hetero_time_fraction * max(limit_s - (t_start - self.t0), 0.0)
+        if limit_s is not None:  # a share of the time left before the final pass's
+            final = 5.0 + 1.25 * self.n * self._infer_s if self._infer_s is not None else 0.0  # one pass after it
+            budget = cfg.hetero_time_fraction * max(limit_s - (t_start - self.t0) - final, 0.0)
         before = None
         if self.gt is not None:
             before = gt_metrics(self.targets[0][pos], self.targets[1][pos], inf.z, self.gt, pos, self.d)
