@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from . import stopping
+from . import memory, stopping
 from .ctf import CTFParams
 from .fft import ht2_center, symmetrize_ht
 from .errors import InputError
@@ -161,6 +161,7 @@ class HartleyData:
         return np.asarray(sel, dtype=np.int64).reshape(-1)
 
     def _hartley(self, pos: np.ndarray) -> Tensor:
+        memory.release()  # the last batch's temporaries (see cryofire_nb.memory)
         raw = torch.as_tensor(np.asarray(self._get(pos))).to(self.device)
         return images_to_hartley(raw, invert=self._invert) / self.norm_std
 

@@ -124,8 +124,29 @@ def test_the_plan_follows_the_limit_and_says_when_it_is_too_short(synth, tmp_pat
     rate["per"] = 1.0  # a second per particle: not even 50 fit in 30 s
     index = trainer._plan_table(lambda: None, None, 30.0)
     assert len(index) == 50 and len(np.unique(index)) == 50
-    (warning,) = trainer.history.warnings
-    assert "too short" in warning and "particles and a final pass over all 300" in warning
-    need = float(warning.split("(about ")[1].split(" min")[0])
+    refine, search = trainer.history.warnings
+    assert "no time on this machine for the heterogeneous refinement" in refine and trainer._skip_hetero
+    assert "final pass over all 300" in refine and "table is the search's poses, not refined" in refine
+    assert "too short on this machine for the search" in search and "will end after its limit" in search
     # the search's share must hold 50 s of global search: 0.5 x 0.4 x T >= 50 s, so T >= 4.2 min
-    assert need >= 4
+    assert float(search.split("(about ")[1].split(" min")[0]) >= 4
+    # and the refinement's: 0.65 x (0.6 T - final) >= 50 x 5 s
+    assert float(refine.split("(about ")[1].split(" min")[0]) >= 10
+
+
+def test_the_refinement_skipped_for_the_limit_stays_skipped_on_resume(synth, tmp_path, monkeypatch):
+    import cryofire_nb.abinit as abinit
+
+    monkeypatch.setattr(trainer_mod, "TABLE_MIN_PARTICLES", 50)
+    monkeypatch.setattr(trainer_mod.Trainer, "_infer_seconds_per_image", lambda self: 0.01)
+    monkeypatch.setattr(abinit, "global_search_seconds", lambda hd, cfg: 0.03)  # search fits, refinement not
+    out = tmp_path / "run"
+    res = train(TrainConfig(particles=str(synth.particles), ctf=str(synth.ctf), outdir=str(out), time_limit_min=0.3,
+                            init_search=True, hetero_at_fraction=0.01, **SMALL))
+    assert res.stopped_by == "time_limit" and not res.history.events  # no refinement ran
+    assert any("not refined" in w for w in res.history.warnings)
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck.extra.get("hetero_skipped") is True
+    trainer = trainer_mod.Trainer(TrainConfig(particles=str(synth.particles), ctf=str(synth.ctf), outdir=str(out),
+                                              load=str(out / "checkpoint.pt"), **SMALL))
+    assert trainer._skip_hetero

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import memory
 from ..lattice import Lattice
 from ..model.preprocess import quarter_turn_hartley, quarter_turn_real
 from ..model.schedule import PoseOnlyPhase
@@ -115,6 +116,7 @@ def infer_dataset(model: CryoFireModel, data: ParticleData, batch_size: int = 25
         zs.append(res.z_mu.float().cpu())
         mirrored.append(res.mirrored.cpu())
         losses.append(res.per_image.float().cpu())
+        memory.release()  # the batch's temporaries, pinned between the small results otherwise
     seconds = time.perf_counter() - start
 
     def cat(xs):

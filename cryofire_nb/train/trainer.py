@@ -40,7 +40,7 @@ from ..model.preprocess import PreprocessConfig
 from ..model.schedule import FrequencyMarching, PoseOnlyPhase
 from ..rotations import geodesic_distance_deg
 from ..validate import check_device
-from .. import stopping
+from .. import memory, stopping
 from . import interrupt
 from .distributed import Group
 from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
@@ -187,6 +187,8 @@ class Trainer:
         self.table_index: np.ndarray | None = None
         if self.ckpt is not None and self.ckpt.extra.get("table_index") is not None:
             self.table_index = np.asarray(self.ckpt.extra["table_index"], dtype=np.int64)
+        # the refinement does not fit the time limit beside the final pass (decided with the table)
+        self._skip_hetero = bool(self.ckpt is not None and self.ckpt.extra.get("hetero_skipped"))
         self._set_positions()
         self._next_holdout: int | None = None
         if self.ckpt is not None and len(self.holdout) and self.history.holdout:
@@ -320,23 +322,30 @@ class Trainer:
         # the search's EM stage stops at half of its share; the global search has the rest
         fits = 0.5 * search / per
         if hetero:
-            fits = min(fits, cfg.hetero_time_fraction * max(limit_s - search - final, 0.0) / (HETERO_COST * per))
+            fits_hetero = cfg.hetero_time_fraction * max(limit_s - search - final, 0.0) / (HETERO_COST * per)
+            if fits_hetero < TABLE_MIN_PARTICLES:
+                # the limit at which the smallest table's refinement fits its share beside the final pass
+                need = (TABLE_MIN_PARTICLES * HETERO_COST * per / cfg.hetero_time_fraction + final) \
+                    / (1 - cfg.search_time_fraction)
+                self._warn(f"a {limit_s / 60:g}-min limit leaves no time on this machine for the heterogeneous "
+                           f"refinement of a pose table of {TABLE_MIN_PARTICLES} particles beside the final pass "
+                           f"over all {n} (about {need / 60:.0f} min would): the table is the search's poses, "
+                           "not refined")
+                self._skip_hetero = True
+            else:
+                fits = min(fits, fits_hetero)
         m = int(fits)
         if m < TABLE_MIN_PARTICLES:
-            # the limit at which the smallest table fits its shares beside the final pass
             need = TABLE_MIN_PARTICLES * per / (0.5 * cfg.search_time_fraction)
-            if hetero:
-                need = max(need, (TABLE_MIN_PARTICLES * HETERO_COST * per / cfg.hetero_time_fraction + final)
-                           / (1 - cfg.search_time_fraction))
-            self._warn(f"a {limit_s / 60:g}-min limit is too short on this machine for a pose table of "
-                       f"{TABLE_MIN_PARTICLES} particles and a final pass over all {n} (about {need / 60:.0f} min "
-                       "would fit them): the run will end after its limit")
+            self._warn(f"a {limit_s / 60:g}-min limit is too short on this machine for the search of a pose table "
+                       f"of {TABLE_MIN_PARTICLES} particles (about {need / 60:.0f} min would fit it): the run will "
+                       "end after its limit")
             m = TABLE_MIN_PARTICLES
         if m >= n:
             return None
         rng = np.random.default_rng([int(cfg.seed), 23])
         index = np.sort(rng.choice(n, size=m, replace=False))
-        need_min = n * per * (1 + (HETERO_COST if cfg.pose_table and cfg.hetero_refine else 0)) / 60
+        need_min = n * per * (1 + (HETERO_COST if hetero and not self._skip_hetero else 0)) / 60
         print(f"pose table on {m} of {n} particles (a random subset): the global search takes {1e3 * per:.2f} ms "
               f"per particle here, and the table of all {n} would need about {need_min:.0f} min of search and "
               f"refinement in a {limit_s / 60:g}-min limit; the other {n - m} get the encoder's poses and z "
@@ -351,7 +360,7 @@ class Trainer:
         kw = dict(refine_rounds=0) if self.cfg.pose_table else {}
         acfg = AbinitConfig.for_box(self.d, self.cfg.max_shift_px, seed=self.cfg.seed, **kw)
         plan = self._plan_table(self._streaming_hartley_data, acfg, limit_s) if self.group.is_main else None
-        self.table_index = self.group.from_main(plan)
+        self.table_index, self._skip_hetero = self.group.from_main((plan, self._skip_hetero))
         self._set_positions()
         idx = self.table_index
         hd = self._hartley_data()
@@ -400,7 +409,8 @@ class Trainer:
         save_checkpoint(self.outdir / "checkpoint.pt", Checkpoint(
             self.cfg.to_dict(), self.spec.to_dict(), self.model.state_dict(), self.opt.state_dict(), self.state,
             self.gen.get_state(), torch.get_rng_state(), cuda, self.history.to_dict(), targets,
-            {} if self.table_index is None else {"table_index": self.table_index}))
+            {**({} if self.table_index is None else {"table_index": self.table_index}),
+             **({"hetero_skipped": True} if self._skip_hetero else {})}))
 
     # ------------------------------------------------------------------ evaluation
 
@@ -636,6 +646,7 @@ class Trainer:
                 next_eval = st.images_seen + self.eval_every
             t_step = time.perf_counter()
             res, phase = self._step(self.group.shard(pos))
+            memory.release()
             dt = time.perf_counter() - t_step
             if steps_this_run >= WARMUP_STEPS:
                 step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
@@ -664,6 +675,7 @@ class Trainer:
                 if self.group.active:  # rank 0's decision, from its own shard's numbers
                     self.distill_images = self.group.from_main(self.distill_images)
             if cfg.pose_table and self.targets is not None and not cfg.resolved.get("hetero_done") \
+                    and not self._skip_hetero \
                     and "hetero_at_images" in cfg.resolved and st.images_seen >= cfg.resolved["hetero_at_images"]:
                 self._hetero(limit_s)
                 if next_eval is not None:
