@@ -281,6 +281,7 @@ def test_infer_into_the_run_folder_is_refused(synth, run, tmp_path, capsys):
     out = tmp_path / "inf"
     args = ["infer", str(run), str(synth.particles), "--ctf", str(synth.ctf), "-o", str(out)]
     assert main(args) == 0
+    capsys.readouterr()  # the successful run's progress bars
     assert main(args) == 2
     one_line_error(capsys, "already holds results")
     assert main([*args, "--overwrite"]) == 0

@@ -58,7 +58,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "particle against its own volume); per particle the answer the decoder fits better is kept. "
                         "encoder_poses.pkl and encoder_z.pkl keep the encoder's")
     p.add_argument("--search-bins", type=int, default=8, help="z bins (decoder volumes) for --search (default 8)")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (shown by default: a pass over a large stack takes minutes)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier infer in the folder")
 
 
