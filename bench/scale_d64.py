@@ -66,10 +66,14 @@ def watch(cmd: list[str], log: Path, timeout_s: float) -> dict:
     th = threading.Thread(target=reader, daemon=True)
     th.start()
     peak_sampled = 0
+    trajectory: list[tuple[int, float]] = []  # (s, resident GiB) about once a minute
     while proc.poll() is None and time.time() - t0 < timeout_s:
         try:
             child = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
-            peak_sampled = max(peak_sampled, rss_bytes(child))
+            now_rss = rss_bytes(child)
+            peak_sampled = max(peak_sampled, now_rss)
+            if not trajectory or time.time() - t0 >= trajectory[-1][0] + 60:
+                trajectory.append((round(time.time() - t0), round(now_rss / 2 ** 30, 3)))
         except (OSError, IndexError, ValueError):
             pass
         time.sleep(1.0)
@@ -84,7 +88,7 @@ def watch(cmd: list[str], log: Path, timeout_s: float) -> dict:
     lines = [ln.strip() for ln in re.split(r"[\r\n]", out) if any(k in ln for k in PLAN_LINES)]
     return {"command": " ".join(cmd), "wall_s": round(wall, 1), "exit_code": proc.returncode, "killed": killed,
             "peak_rss_gib": round(int(m.group(1)) * 1024 / 2 ** 30, 3) if m else None,
-            "peak_rss_sampled_gib": round(peak_sampled / 2 ** 30, 3),
+            "peak_rss_sampled_gib": round(peak_sampled / 2 ** 30, 3), "rss_gib_each_minute": trajectory,
             "first_console_output_s": first["output"], "first_progress_bar_s": first["progress"],
             "plan_lines": lines[:40]}
 
@@ -114,7 +118,9 @@ def main() -> None:
                        "-o", str(run / "infer")], args.out / f"infer_n{n}.log", 7200)
         infer["files_written"] = sorted(p.name for p in (run / "infer").iterdir()) if (run / "infer").exists() else []
         infer["images_per_s"] = round(n / infer["wall_s"], 1)
-        entry = {"particles": n, "train": train, "infer": infer}
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
+                                text=True).stdout.strip()
+        entry = {"particles": n, "commit": commit, "train": train, "infer": infer}
         runs.append(entry)
         print(json.dumps(entry, indent=1), flush=True)
         result = {"box": 64, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

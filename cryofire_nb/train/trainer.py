@@ -345,11 +345,12 @@ class Trainer:
             return None
         rng = np.random.default_rng([int(cfg.seed), 23])
         index = np.sort(rng.choice(n, size=m, replace=False))
-        need_min = n * per * (1 + (HETERO_COST if hetero and not self._skip_hetero else 0)) / 60
+        refined = hetero and not self._skip_hetero
+        need_min = n * per * (1 + (HETERO_COST if refined else 0)) / 60
         print(f"pose table on {m} of {n} particles (a random subset): the global search takes {1e3 * per:.2f} ms "
-              f"per particle here, and the table of all {n} would need about {need_min:.0f} min of search and "
-              f"refinement in a {limit_s / 60:g}-min limit; the other {n - m} get the encoder's poses and z "
-              "(table_ind.pkl lists the table's particles)", flush=True)
+              f"per particle here, and the table of all {n} would need about {need_min:.0f} min of search"
+              f"{' and refinement' if refined else ''} in a {limit_s / 60:g}-min limit; the other {n - m} get the "
+              "encoder's poses and z (table_ind.pkl lists the table's particles)", flush=True)
         return index
 
     def _init_search(self, limit_s: float | None) -> None:
