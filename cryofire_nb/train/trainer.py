@@ -317,7 +317,7 @@ class Trainer:
         per = global_search_seconds(hd(), acfg)
         hetero = cfg.pose_table and cfg.hetero_refine
         # the final pass over all particles (with a latent table, one encoder pass) is kept free
-        final = 5.0 + 1.25 * (1 if hetero else 2) * n * self._infer_seconds_per_image()
+        final = self._pass_seconds((1 if hetero else 2) * n)
         search = cfg.search_time_fraction * limit_s
         # the search's EM stage stops at half of its share; the global search has the rest
         fits = 0.5 * search / per
@@ -568,13 +568,18 @@ class Trainer:
             self._infer_s = (time.perf_counter() - t) / len(pos)
         return self._infer_s
 
-    def _final_seconds(self, infer_s: float) -> float:
+    def _pass_seconds(self, images: int) -> float:
+        """Time kept for encoder passes over ``images`` particles (a quarter more than
+        the timed rate, and 5 s for writing the outputs)."""
+        return 5.0 + 1.25 * images * self._infer_seconds_per_image()
+
+    def _final_seconds(self) -> float:
         """Time the final passes will take: one over all particles, and in a table run
         without a latent table yet, one more over the table's particles."""
         images = self.n
         if self.cfg.pose_table and self.z_table is None:
             images += self.n if self.table_index is None else len(self.table_index)
-        return 5.0 + 1.25 * images * infer_s
+        return self._pass_seconds(images)
 
     def _budget_done(self) -> str | None:
         cfg, st = self.cfg, self.state
@@ -608,7 +613,7 @@ class Trainer:
         # the final passes' time is kept free at the end of a time limit
         infer_s = None if limit_s is None else self._infer_seconds_per_image()
         if infer_s is not None and self.n > 10 * INFER_PROBE_IMAGES:  # worth saying on a large set
-            print(f"{self._final_seconds(infer_s) / 60:.1f} min is kept for the final pass over the {self.n} "
+            print(f"{self._final_seconds() / 60:.1f} min is kept for the final pass over the {self.n} "
                   f"particles at the end of the time limit (the encoder reads {1 / infer_s:.0f} images/s here)",
                   flush=True)
         while True:
@@ -621,7 +626,7 @@ class Trainer:
                 stop = "interrupted"
             elif limit_s is not None:
                 now = time.perf_counter() - self.t0
-                if now + (step_time or 0.0) + self._final_seconds(infer_s) > limit_s:
+                if now + (step_time or 0.0) + self._final_seconds() > limit_s:
                     stop = "time_limit"
             stop = self.group.agree_stop(stop)  # with torchrun: every rank stops at the same step
             if stop is not None:
@@ -772,7 +777,7 @@ class Trainer:
                             positions=idx, amp=self.amp)
         budget = None
         if limit_s is not None:  # a share of the time left before the final pass's
-            final = 5.0 + 1.25 * self.n * self._infer_s if self._infer_s is not None else 0.0  # one pass after it
+            final = self._pass_seconds(self.n) if self._infer_s is not None else 0.0  # one pass after it
             budget = cfg.hetero_time_fraction * max(limit_s - (t_start - self.t0) - final, 0.0)
         before = None
         if self.gt is not None:
