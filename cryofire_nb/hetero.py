@@ -41,11 +41,12 @@ ends at 3.0-3.3 deg. Given poses and a first z (the encoder's), this module
    volume on the mean volume on the part that moves least removes most of it.
 
 The volume is linear in the scores, so a local round combines each particle's volume
-``sum_k a_ik V_k`` once and interpolates its candidate slices from it (``grid_sample``;
-a round over 10,000 images at d=32, radius 16, 27 rotations x 9 shifts: ~15 s on 2 CPU
-cores, where gathering the corners of every basis volume took ~60 s at radius 12, so
-twice the rounds at a higher radius now fit the same budget); for the voxel decoder
-(``V_0 + sum_k z_k U_k``) the fitted basis *is* the decoder, with z = the scores.
+``sum_k a_ik V_k`` once and interpolates its candidate slices from it
+(:func:`~cryofire_nb.projection.sample_trilinear`; a round over 10,000 images at d=32,
+radius 16, 27 rotations x 9 shifts: ~15 s on 2 CPU cores, where gathering the corners of
+every basis volume took ~60 s at radius 12, so twice the rounds at a higher radius now fit
+the same budget); for the voxel decoder (``V_0 + sum_k z_k U_k``) the fitted basis *is*
+the decoder, with z = the scores.
 
 Dimension letters: N particles, b batch, K = q + 1 basis volumes, p perturbations,
 s shifts, n lattice points, m = d + 1.
@@ -58,17 +59,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import stopping
 from .hartley_data import HartleyData
 from .lattice import Lattice
-from .projection import _corners
+from .projection import sample_trilinear, scatter_trilinear, slice_positions
 from .rotations import axis_angle_to_matrix, matrix_to_axis_angle, so3_grid
 from .search import (SearchResult, global_search, hartley_volume_to_real, perturbation_grid,
-                     real_to_hartley_volume, shift_grid, shifted_images, slice_positions,
-                     spherical_support)
+                     real_to_hartley_volume, shift_grid, shifted_images, spherical_support)
 
 Tensor = torch.Tensor
 
@@ -226,14 +225,16 @@ class BasisAccumulator:
         basis coefficients ``coef`` (b, K)."""
         xs = shifted_images(x, lat, shifts_px[:, None], index)[:, 0]  # (b, n)
         c = ctf[:, index]
-        idx, w = _corners(slice_positions(lat, rots, index), self.m)  # (b, n, 8)
-        cx = (c * xs)[..., None, None] * w[..., None]  # (b, n, 8, 1)
-        cc = (c * c)[..., None, None] * w[..., None]
+        pos = slice_positions(lat.coords[index], rots, lat.d).reshape(1, -1, 3)  # (1, b n, 3)
         a = coef.to(x.dtype)
         prod = torch.stack([a[:, i] * a[:, j] for i, j in self.pairs], -1)  # (b, P)
-        flat = idx.reshape(-1)
-        self.num.index_add_(0, flat, (cx * a[:, None, None, :]).reshape(-1, self.k))
-        self.den.index_add_(0, flat, (cc * prod[:, None, None, :]).reshape(-1, len(self.pairs)))
+
+        # numerator and denominator channels in one scatter: the corners are computed once
+        v = torch.cat([(c * xs)[..., None] * a[:, None, :], (c * c)[..., None] * prod[:, None, :]], -1)
+        sums = scatter_trilinear(v.reshape(1, -1, v.shape[-1]).transpose(1, 2), pos, self.m)[0]
+        sums = sums.reshape(v.shape[-1], -1)  # (K + P, m^3)
+        self.num += sums[:self.k].T
+        self.den += sums[self.k:].T
 
     def solve(self, reg_fraction: float, support: Tensor | None) -> Tensor:
         """Basis volumes (K, m, m, m), regularised by ``reg_fraction`` x the mean CTF^2
@@ -253,22 +254,11 @@ class BasisAccumulator:
         return vols
 
 
-def _grid_sample(vols: Tensor, pos: Tensor) -> Tensor:
-    """Trilinear samples of volumes ``vols`` (B, C, m, m, m) [z, y, x] at voxel positions
-    ``pos`` (B, r, 3) as (x, y, z), zero outside the grid: (B, C, r). The same values as
-    :func:`cryofire_nb.projection.interp_trilinear`, through ``grid_sample`` (measured at
-    d = 32: 7-10x faster than gathering the 8 corners, which dominated a local round)."""
-    m = vols.shape[-1]
-    grid = (pos * (2.0 / (m - 1)) - 1).to(vols.dtype)[:, None, None]  # (B, 1, 1, r, 3)
-    out = F.grid_sample(vols, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out[:, :, 0, 0]
-
-
 def basis_slices(basis: Tensor, lat: Lattice, rots: Tensor, index: Tensor) -> Tensor:
     """Central slices of every basis volume: rotations (..., 3, 3) -> (..., n, K)."""
     k = basis.shape[0]
-    pos = slice_positions(lat, rots.reshape(-1, 3, 3), index).reshape(1, -1, 3)
-    out = _grid_sample(basis[None], pos)[0].T  # (r n, K)
+    pos = slice_positions(lat.coords[index], rots.reshape(-1, 3, 3), lat.d).reshape(1, -1, 3)
+    out = sample_trilinear(basis[None], pos)[0].T  # (r n, K)
     return out.reshape(*rots.shape[:-2], index.numel(), k)
 
 
@@ -284,8 +274,8 @@ def own_slices(basis: Tensor, coef: Tensor, lat: Lattice, rots: Tensor, index: T
     b, p = rots.shape[:2]
     k, m = basis.shape[0], basis.shape[-1]
     vols = (coef.to(basis.dtype) @ basis.reshape(k, -1)).reshape(b, 1, m, m, m)
-    pos = slice_positions(lat, rots.reshape(-1, 3, 3), index).reshape(b, -1, 3)
-    return _grid_sample(vols, pos).reshape(b, p, index.numel())
+    pos = slice_positions(lat.coords[index], rots.reshape(-1, 3, 3), lat.d).reshape(b, -1, 3)
+    return sample_trilinear(vols, pos).reshape(b, p, index.numel())
 
 
 def local_search_basis(x: Tensor, ctf: Tensor, basis: Tensor, coef: Tensor, lat: Lattice, index: Tensor,
@@ -330,7 +320,7 @@ def _rotated_volumes(vol: Tensor, q: Tensor) -> Tensor:
     c = torch.arange(d, dtype=vol.dtype, device=vol.device) - d // 2
     zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
     pos = torch.stack([xx, yy, zz], -1).reshape(1, -1, 3) @ q.to(vol.dtype) + d // 2  # (r, d^3, 3)
-    out = _grid_sample(vol.expand(len(q), 1, d, d, d), pos)
+    out = sample_trilinear(vol.expand(len(q), 1, d, d, d), pos)
     return out.reshape(len(q), d, d, d)
 
 

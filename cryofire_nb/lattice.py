@@ -64,7 +64,13 @@ class Lattice:
 
     def slice_coords(self, rots: Tensor, index: Tensor | None = None) -> Tensor:
         """3-D frequencies of the central slices, (b, n', 3): ``[kx, ky, 0] @ R``."""
-        c = self.coords if index is None else self.coords[index]
-        with full_precision(rots):  # bf16 would misplace Nyquist points by ~0.25 voxel at d = 128
-            dtype = torch.promote_types(rots.dtype, torch.float32)
-            return c.to(dtype) @ rots.to(dtype)  # (b, n', 3)
+        return central_slice(self.coords if index is None else self.coords[index], rots)
+
+
+def central_slice(plane: Tensor, rots: Tensor) -> Tensor:
+    """3-D frequencies ``plane @ R`` (b, n, 3) of in-plane points ``plane`` (n, 3)
+    ``[kx, ky, 0]`` for rotations ``rots`` (b, 3, 3), in fp32 or wider whatever the
+    autocast state: bf16 would misplace Nyquist points by ~0.25 voxel at d = 128."""
+    with full_precision(rots):
+        dtype = torch.promote_types(rots.dtype, torch.float32)
+        return plane.to(dtype) @ rots.to(dtype)

@@ -1,20 +1,50 @@
-"""Projection of voxel volumes: trilinear interpolation and its exact adjoint, the
+"""Projection of voxel volumes: the trilinear sampler and its exact adjoint, the
 Fourier-slice projector, a real-space projector for checks, and slice backprojection.
 
 Conventions: volumes indexed ``[z, y, x]`` with the centre at ``d // 2``; rotation ``R``
 takes the central slice at ``[kx, ky, 0] @ R`` (Fourier) and pixel (x, y) of a projection
 integrates the volume along z at ``[x, y, z] @ R`` (real space).
 
-Dimension letters: b batch, d box, n points per image, c channels.
+Both Fourier grids of the package are centred grids with ``scale`` voxels per
+cycle/pixel and frequency 0 at voxel ``scale // 2`` (:func:`slice_positions`): the
+zero-padded DFT grid ``g^3`` of :func:`volume_spectrum` (``scale = g``, the oversampled
+box) and the odd Hartley grid ``(d+1)^3`` of :mod:`cryofire_nb.search` (``scale = d``;
+its extra voxel holds frequency +1/2).
+
+Dimension letters: b batch, d box, n points per image, c channels, r sample points.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .fft import fft3_center, freqs_1d, ifft2_center
+from .lattice import central_slice
 
 Tensor = torch.Tensor
+
+
+def sample_trilinear(vols: Tensor, pos: Tensor) -> Tensor:
+    """Trilinear samples (b, c, r) of cubic volumes ``vols`` (b, c, m, m, m) [z, y, x]
+    (real or complex) at voxel positions ``pos`` (b, r, 3) given as (x, y, z) indices;
+    a corner outside the grid counts as 0. Adjoint: :func:`scatter_trilinear`.
+
+    Through ``grid_sample`` (``align_corners``: -1 and 1 are the voxels 0 and m - 1):
+    measured at d = 32 it is 7-10x faster than gathering the 8 corners of every point.
+    A complex volume is sampled as its real and imaginary channels."""
+    if vols.dim() != 5 or pos.dim() != 3 or pos.shape[-1] != 3 or len(set(vols.shape[-3:])) != 1:
+        raise ValueError(f"need cubic volumes (b, c, m, m, m) and positions (b, r, 3), got "
+                         f"{tuple(vols.shape)} and {tuple(pos.shape)}")
+    if vols.is_complex():
+        b, c = vols.shape[:2]
+        parts = torch.view_as_real(vols).movedim(-1, 2).reshape(b, 2 * c, *vols.shape[-3:])
+        out = sample_trilinear(parts, pos).reshape(b, c, 2, -1)
+        return torch.complex(out[:, :, 0], out[:, :, 1])
+    m = vols.shape[-1]
+    grid = (pos * (2.0 / (m - 1)) - 1).to(vols.dtype)[:, None, None]  # (b, 1, 1, r, 3)
+    out = F.grid_sample(vols, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out[:, :, 0, 0]
 
 
 def _corners(pos: Tensor, size: int):
@@ -47,22 +77,27 @@ def _corners(pos: Tensor, size: int):
     return torch.stack(idx, -1), torch.stack(wts, -1)
 
 
-def interp_trilinear(volume: Tensor, pos: Tensor) -> Tensor:
-    """Sample ``volume`` (size, size, size) [z, y, x] (real or complex) at voxel
-    positions ``pos`` (..., 3) given as (x, y, z) indices; zero outside the grid."""
-    size = volume.shape[-1]
-    idx, w = _corners(pos, size)
-    vals = volume.reshape(-1)[idx]  # (..., 8)
-    return (vals * w.to(vals.dtype if not vals.is_complex() else w.dtype)).sum(-1)
-
-
 def scatter_trilinear(values: Tensor, pos: Tensor, size: int) -> Tensor:
-    """Adjoint of :func:`interp_trilinear`: spread ``values`` (...) at ``pos`` (..., 3)
-    onto a (size, size, size) grid. ``<interp(V, p), u> == <V, scatter(u, p)>``."""
-    idx, w = _corners(pos, size)
-    out = torch.zeros(size ** 3, dtype=values.dtype, device=values.device)
-    out.index_add_(0, idx.reshape(-1), (values[..., None] * w.to(values.dtype if not values.is_complex() else w.dtype)).reshape(-1))
-    return out.reshape(size, size, size)
+    """Adjoint of :func:`sample_trilinear`: spread ``values`` (b, c, r) (real or complex)
+    at voxel positions ``pos`` (b, r, 3) onto volumes (b, c, size, size, size):
+    ``<sample(V, p), u> == <V, scatter(u, p)>``. Backprojecting many images into one
+    volume is the case b = 1 (their points concatenated).
+
+    The corners are computed once for all channels, and each channel is summed by its
+    own 1-D ``index_add_`` (measured: about twice as fast as adding rows of c values)."""
+    b, c, r = values.shape
+    if pos.shape != (b, r, 3):
+        raise ValueError(f"positions must be ({b}, {r}, 3) for values {tuple(values.shape)}, got {tuple(pos.shape)}")
+    idx, w = _corners(pos, size)  # (b, r, 8)
+    n = size ** 3
+    if b > 1:
+        idx = idx + torch.arange(b, device=idx.device)[:, None, None] * n
+    flat = idx.reshape(-1)
+    w = w.to(values.real.dtype if values.is_complex() else values.dtype)
+    out = torch.zeros(c, b * n, dtype=values.dtype, device=values.device)
+    for ch in range(c):
+        out[ch].index_add_(0, flat, (values[:, ch, :, None] * w).reshape(-1))
+    return out.reshape(c, b, size, size, size).transpose(0, 1)
 
 
 def _pad_center(volume: Tensor, size: int) -> Tensor:
@@ -73,13 +108,22 @@ def _pad_center(volume: Tensor, size: int) -> Tensor:
     return out
 
 
-def slice_positions(rots: Tensor, d: int, size: int) -> Tensor:
-    """Voxel positions (b, d*d, 3) in a centred ``size^3`` Fourier grid of the central
-    slices of a ``d x d`` image (DFT frequencies ``(j - d//2)/d``) for rotations ``rots``."""
-    k = freqs_1d(d, dtype=rots.dtype, device=rots.device)
+def dft_plane(d: int, dtype=torch.float32, device=None) -> Tensor:
+    """In-plane frequencies (d*d, 3) ``[kx, ky, 0]`` (cycles/pixel) of a ``d x d`` image's
+    centred DFT (``(j - d//2)/d``), row-major [ky][kx]."""
+    k = freqs_1d(d, dtype=dtype, device=device)
     ky, kx = torch.meshgrid(k, k, indexing="ij")
-    plane = torch.stack([kx.flatten(), ky.flatten(), torch.zeros_like(kx).flatten()], -1)  # (n, 3)
-    return plane @ rots * size + size // 2  # (b, n, 3)
+    return torch.stack([kx.flatten(), ky.flatten(), torch.zeros_like(kx).flatten()], -1)
+
+
+def slice_positions(plane: Tensor, rots: Tensor, scale: int) -> Tensor:
+    """Voxel positions (b, n, 3), as (x, y, z), of the central slices ``plane @ R`` of the
+    in-plane frequencies ``plane`` (n, 3) ``[kx, ky, 0]`` for rotations ``rots``
+    (b, 3, 3), in a centred grid of ``scale`` voxels per cycle/pixel (frequency 0 at voxel
+    ``scale // 2``): ``scale = g`` for the padded DFT grid ``g^3`` with
+    :func:`dft_plane`, ``scale = d`` for the Hartley grid ``(d+1)^3`` with the lattice's
+    points ``Lattice.coords[index]``."""
+    return central_slice(plane, rots) * scale + scale // 2
 
 
 def volume_spectrum(volume: Tensor, oversample: int = 2) -> Tensor:
@@ -91,10 +135,8 @@ def volume_spectrum(volume: Tensor, oversample: int = 2) -> Tensor:
 def slice_spectrum(spectrum: Tensor, rots: Tensor, d: int) -> Tensor:
     """Central slices (b, d, d) (centred 2-D DFT of the projections) of a padded spectrum."""
     size = spectrum.shape[-1]
-    pos = slice_positions(rots, d, size)
-    re = interp_trilinear(spectrum.real.contiguous(), pos)
-    im = interp_trilinear(spectrum.imag.contiguous(), pos)
-    return torch.complex(re, im).reshape(-1, d, d)
+    pos = slice_positions(dft_plane(d, rots.dtype, rots.device), rots, size)
+    return sample_trilinear(spectrum[None, None], pos.reshape(1, -1, 3)).reshape(-1, d, d)
 
 
 def project_fourier(volume: Tensor, rots: Tensor, oversample: int = 2, batch_size: int = 256) -> Tensor:
@@ -124,6 +166,6 @@ def project_real(volume: Tensor, rots: Tensor, batch_size: int = 16) -> Tensor:
     out = []
     for i in range(0, rots.shape[0], batch_size):
         pos = pts @ rots[i:i + batch_size].to(volume.dtype) + d // 2  # (b, d^3, 3)
-        vals = interp_trilinear(volume, pos).reshape(-1, d, d, d)
+        vals = sample_trilinear(volume[None, None], pos.reshape(1, -1, 3)).reshape(-1, d, d, d)
         out.append(vals.sum(1))  # sum over z -> (b, y, x)
     return torch.cat(out) if out else volume.new_zeros(0, d, d)

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from .ctf import CTFParams
 from .fft import fft2_center, freqs_1d, ifft3_center, translate_fourier
 from .fsc import FSCResult, fsc
-from .projection import scatter_trilinear, slice_positions
+from .projection import dft_plane, scatter_trilinear, slice_positions
 
 Tensor = torch.Tensor
 CTF_MODES = ("wiener", "phase_flip")
@@ -127,9 +127,8 @@ class FourierAccumulator:
         g3 = (2, self.grid, self.grid, self.grid)
         self.num = torch.zeros(g3, dtype=ctype, device=cfg.device)  # (2, g, g, g) Fourier
         self.den = torch.zeros(g3, dtype=cfg.dtype, device=cfg.device)  # (2, g, g, g)
-        k = freqs_1d(d, dtype=cfg.dtype, device=cfg.device)
-        ky, kx = torch.meshgrid(k, k, indexing="ij")
-        freqs = torch.stack([kx.flatten(), ky.flatten()], -1)  # (d*d, 2) cycles/pixel
+        self.plane = dft_plane(d, dtype=cfg.dtype, device=cfg.device)  # (d*d, 3) cycles/pixel
+        freqs = self.plane[:, :2]
         radius = d / 2 if cfg.radius_px is None else cfg.radius_px
         # Half of the disc (ky > 0, or ky == 0 and kx >= 0): Friedel symmetry in finish()
         # supplies the other half, at half the cost.
@@ -165,15 +164,16 @@ class FourierAccumulator:
         else:
             w = torch.ones(f.shape, dtype=cfg.dtype, device=f.device)
         rots = torch.as_tensor(rots).to(device=f.device, dtype=cfg.dtype)
-        pos = slice_positions(rots, d, self.grid)[:, self.keep]  # (b, n, 3) grid voxels
+        pos = slice_positions(self.plane, rots, self.grid)[:, self.keep]  # (b, n, 3) grid voxels
         if particle_index is None:
             particle_index = torch.arange(self.n_images, self.n_images + b)
         half = torch.as_tensor(particle_index).to(f.device) % 2  # (b,)
         for h in (0, 1):
             sel = half == h
             if sel.any():
-                self.num[h] += scatter_trilinear(f[sel], pos[sel], self.grid)
-                self.den[h] += scatter_trilinear(w[sel], pos[sel], self.grid)
+                p = pos[sel].reshape(1, -1, 3)
+                self.num[h] += scatter_trilinear(f[sel].reshape(1, 1, -1), p, self.grid)[0, 0]
+                self.den[h] += scatter_trilinear(w[sel].reshape(1, 1, -1), p, self.grid)[0, 0]
         self.n_images += b
 
     # ------------------------------------------------------------------ solve

@@ -28,7 +28,7 @@ import torch
 
 from .fft import ht3_center, iht3_center
 from .lattice import Lattice
-from .projection import interp_trilinear, scatter_trilinear
+from .projection import sample_trilinear, scatter_trilinear, slice_positions
 
 Tensor = torch.Tensor
 
@@ -54,11 +54,6 @@ def spherical_support(d: int, radius: float, dtype=torch.float32, device=None) -
     r = torch.arange(d, dtype=dtype, device=device) - d // 2
     zz, yy, xx = torch.meshgrid(r, r, r, indexing="ij")
     return ((xx ** 2 + yy ** 2 + zz ** 2).sqrt() <= radius * d).to(dtype)
-
-
-def slice_positions(lat: Lattice, rots: Tensor, index: Tensor) -> Tensor:
-    """Voxel positions (r, n, 3) as (x, y, z) in the (d+1)^3 Hartley grid of the slice points."""
-    return lat.slice_coords(rots, index) * lat.d + lat.d / 2
 
 
 def shift_grid(max_shift_px: float, step_px: float, dtype=torch.float32) -> Tensor:
@@ -118,7 +113,8 @@ def global_search(x: Tensor, ctf: Tensor, vol_h: Tensor, lat: Lattice, index: Te
     rot_chunk = max(64, min(rot_chunk, SCORE_ELEMENTS // max(b * s, 1)))
     for r0 in range(0, rots.shape[0], rot_chunk):
         r = rots[r0:r0 + rot_chunk]
-        sl = interp_trilinear(vol_h, slice_positions(lat, r, index))  # (r, n)
+        pos = slice_positions(lat.coords[index], r, lat.d)  # (r, n, 3)
+        sl = sample_trilinear(vol_h[None, None], pos.reshape(1, -1, 3)).reshape(r.shape[0], -1)  # (r, n)
         cross = (xc @ sl.T).reshape(b, s, -1)  # (b, s, r)
         pw = c2 @ (sl * sl).T  # (b, r)
         err = x2[:, :, None] - 2 * cross + pw[:, None, :]  # (b, s, r)
@@ -149,8 +145,8 @@ def local_search(x: Tensor, ctf: Tensor, vol_h: Tensor, lat: Lattice, index: Ten
     sh = shifts0[:, None] + shift_offsets[None].to(shifts0.dtype)  # (b, s, 2)
     xs = shifted_images(x, lat, sh, index)  # (b, s, n)
     c = ctf[:, index]  # (b, n)
-    pos = slice_positions(lat, cand.reshape(-1, 3, 3), index).reshape(b, p, -1, 3)
-    sl = interp_trilinear(vol_h, pos)  # (b, p, n)
+    pos = slice_positions(lat.coords[index], cand.reshape(-1, 3, 3), lat.d)  # (b p, n, 3)
+    sl = sample_trilinear(vol_h[None, None], pos.reshape(1, -1, 3)).reshape(b, p, -1)  # (b, p, n)
     cross = torch.einsum("bsn,bpn->bsp", xs * c[:, None], sl)  # (b, s, p)
     pw = torch.einsum("bn,bpn->bp", c * c, sl * sl)  # (b, p)
     err = (xs * xs).sum(-1)[:, :, None] - 2 * cross + pw[:, None, :]  # (b, s, p)
@@ -199,10 +195,11 @@ class Accumulator:
         w = torch.ones(b, k, dtype=x.dtype, device=x.device) if weights is None else weights
         xs = shifted_images(x, lat, shifts_px, index)  # (b, k, n)
         c = ctf[:, index][:, None]  # (b, 1, n)
-        pos = slice_positions(lat, rots.reshape(-1, 3, 3), index)  # (b*k, n, 3)
-        size = lat.d + 1
-        self.num += scatter_trilinear((w[..., None] * c * xs).reshape(b * k, -1), pos, size)
-        self.den += scatter_trilinear((w[..., None] * c * c).expand(b, k, -1).reshape(b * k, -1), pos, size)
+        pos = slice_positions(lat.coords[index], rots.reshape(-1, 3, 3), lat.d).reshape(1, -1, 3)  # (1, b k n, 3)
+        vals = torch.stack([(w[..., None] * c * xs).reshape(-1), (w[..., None] * c * c).expand(b, k, -1).reshape(-1)])
+        sums = scatter_trilinear(vals[None], pos, lat.d + 1)[0]  # (2, m, m, m): one pass over the corners
+        self.num += sums[0]
+        self.den += sums[1]
 
     def volume(self, lam: float | Tensor) -> Tensor:
         return self.num / (self.den + lam)

@@ -15,9 +15,8 @@ from cryofire_nb.hetero import (BasisAccumulator, HeteroRefineConfig, _rotated_v
 from cryofire_nb.io import read_ctf, read_mrc, read_poses
 from cryofire_nb.metrics import evaluate_run
 from cryofire_nb.rotations import axis_angle_to_matrix, random_rotations
-from cryofire_nb.search import (Accumulator, local_search, perturbation_grid, real_to_hartley_volume, shift_grid,
-                                slice_positions)
-from cryofire_nb.projection import interp_trilinear
+from cryofire_nb.search import Accumulator, local_search, perturbation_grid, real_to_hartley_volume, shift_grid
+from cryofire_nb.projection import sample_trilinear, slice_positions
 from cryofire_nb.train.synthetic import make_synthetic_set
 
 D = 16
@@ -75,7 +74,8 @@ def test_one_basis_volume_is_the_consensus_backprojection(hetero_set):
     b = local_search_basis(hd.x[:40], hd.ctf[:40], vol[None], torch.ones(40, 1), lat, mask, r0, sh[:40], pert, offs)
     assert torch.allclose(a.rots, b.rots) and torch.allclose(a.shifts_px, b.shifts_px)
     sl = basis_slices(torch.stack([vol, 2 * vol]), lat, r0[:5], mask)
-    assert torch.allclose(sl[..., 0], interp_trilinear(vol, slice_positions(lat, r0[:5], mask)), atol=1e-6)
+    pos = slice_positions(lat.coords[mask], r0[:5], lat.d)  # (5, n, 3)
+    assert torch.allclose(sl[..., 0], sample_trilinear(vol[None, None], pos.reshape(1, -1, 3)).reshape(5, -1), atol=1e-6)
     assert torch.allclose(sl[..., 1], 2 * sl[..., 0], atol=1e-6)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cryofire_nb.fft import fft2_center, ifft3_center
-from cryofire_nb.projection import (interp_trilinear, project_fourier, project_real,
+from cryofire_nb.projection import (dft_plane, project_fourier, project_real, sample_trilinear,
                                     scatter_trilinear, slice_positions)
 from cryofire_nb.rotations import random_rotations, rot_z
 
@@ -77,7 +77,7 @@ def test_atom_lands_at_R_times_a():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("complex_values", [False, True])
-def test_interp_and_scatter_trilinear_are_adjoint(dtype, complex_values):
+def test_sample_and_scatter_trilinear_are_adjoint(dtype, complex_values):
     g = torch.Generator().manual_seed(3)
     size = 7
     vol = torch.randn(size, size, size, generator=g, dtype=torch.float64).to(dtype)
@@ -86,21 +86,22 @@ def test_interp_and_scatter_trilinear_are_adjoint(dtype, complex_values):
     if complex_values:
         vol = torch.complex(vol, torch.randn(vol.shape, generator=g, dtype=torch.float64).to(dtype))
         u = torch.complex(u, torch.randn(u.shape, generator=g, dtype=torch.float64).to(dtype))
-    lhs = _dot(interp_trilinear(vol, pos), u)
-    rhs = _dot(vol, scatter_trilinear(u, pos, size))
+    lhs = _dot(sample_trilinear(vol[None, None], pos[None]), u)
+    rhs = _dot(vol, scatter_trilinear(u[None, None], pos[None], size))
     assert lhs == pytest.approx(rhs, rel=1e-5 if dtype == torch.float32 else 1e-12)
     # Trilinear weights sum to one inside the grid: a constant volume interpolates exactly.
     inside = ((pos >= 0) & (pos <= size - 1)).all(-1)
     ones = torch.ones(size, size, size, dtype=dtype)
-    torch.testing.assert_close(interp_trilinear(ones, pos[inside]), torch.ones(int(inside.sum()), dtype=dtype))
+    torch.testing.assert_close(sample_trilinear(ones[None, None], pos[inside][None])[0, 0],
+                               torch.ones(int(inside.sum()), dtype=dtype))
 
 
 def _backproject_real(images: torch.Tensor, rots: torch.Tensor, d: int, oversample: int = 2) -> torch.Tensor:
     """Exact adjoint of ``project_fourier`` (real inner products): crop o Re o
     (G^3 ifft3_center) o scatter o (fft2_center / d^2)."""
     size = oversample * d
-    spec = scatter_trilinear(fft2_center(images).reshape(len(rots), -1) / d ** 2,
-                             slice_positions(rots, d, size), size)
+    pos = slice_positions(dft_plane(d, rots.dtype), rots, size).reshape(1, -1, 3)
+    spec = scatter_trilinear(fft2_center(images).reshape(1, 1, -1) / d ** 2, pos, size)[0, 0]
     vol = (ifft3_center(spec) * size ** 3).real
     lo = size // 2 - d // 2
     return vol[lo:lo + d, lo:lo + d, lo:lo + d]
@@ -121,10 +122,28 @@ def test_projection_and_backprojection_are_adjoint(d, dtype):
     assert abs(_dot(v, _backproject_real(u, other, d)) - lhs) > 1e-3 * abs(lhs)
 
 
-def test_gradcheck_interp_trilinear():
+def test_gradcheck_sample_trilinear():
     g = torch.Generator().manual_seed(5)
     vol = torch.randn(5, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
     pos = (torch.rand(12, 3, generator=g, dtype=torch.float64) * 3.6 + 0.2).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda v: interp_trilinear(v, pos.detach()), (vol,))
+    assert torch.autograd.gradcheck(lambda v: sample_trilinear(v[None, None], pos.detach()[None]), (vol,))
     # Away from cell faces the sample is smooth in the positions too.
-    assert torch.autograd.gradcheck(lambda p: interp_trilinear(vol.detach(), p), (pos,), eps=1e-7)
+    assert torch.autograd.gradcheck(lambda p: sample_trilinear(vol.detach()[None, None], p[None]), (pos,), eps=1e-7)
+
+
+@pytest.mark.parametrize("complex_values", [False, True])
+def test_sample_and_scatter_trilinear_are_adjoint_per_batch_and_channel(complex_values):
+    """Several volumes (b) of several channels (c), each sampled at its own points."""
+    g = torch.Generator().manual_seed(6)
+    b, c, size, r = 2, 3, 6, 40
+    vol = torch.randn(b, c, size, size, size, generator=g, dtype=torch.float64)
+    u = torch.randn(b, c, r, generator=g, dtype=torch.float64)
+    if complex_values:
+        vol = torch.complex(vol, torch.randn(vol.shape, generator=g, dtype=torch.float64))
+        u = torch.complex(u, torch.randn(u.shape, generator=g, dtype=torch.float64))
+    pos = torch.rand(b, r, 3, generator=g, dtype=torch.float64) * (size + 2) - 1
+    sampled = sample_trilinear(vol, pos)
+    assert _dot(sampled, u) == pytest.approx(_dot(vol, scatter_trilinear(u, pos, size)), rel=1e-12)
+    for i in range(b):  # each volume at its own points, each channel on its own
+        for j in range(c):
+            torch.testing.assert_close(sampled[i, j], sample_trilinear(vol[i:i + 1, j:j + 1], pos[i:i + 1])[0, 0])

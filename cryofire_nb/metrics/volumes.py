@@ -88,9 +88,9 @@ def align_volume(volume, global_rotation, mirrored: bool = False,
     z, y, x = torch.meshgrid(r, r, r, indexing="ij")
     pts = torch.stack([x, y, z], -1).reshape(-1, 3)  # (d^3, 3) rows a, ordered [z][y][x]
     src = (pts + delta) @ g.T @ m + d // 2  # rows (M^h G (a + delta))^T, in voxel indices
-    from ..projection import interp_trilinear
+    from ..projection import sample_trilinear
 
-    return interp_trilinear(vol, src.to(dtype=dtype, device=vol.device)).reshape(d, d, d)
+    return sample_trilinear(vol[None, None], src.to(dtype=dtype, device=vol.device)[None]).reshape(d, d, d)
 
 
 @dataclass(frozen=True)

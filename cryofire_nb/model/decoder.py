@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import InputError
 from ..fft import iht3_center
 from ..lattice import full_precision
+from ..projection import sample_trilinear
 
 Tensor = torch.Tensor
 
@@ -180,12 +181,9 @@ class VoxelVolume(VolumeDecoder):
     def forward(self, coords: Tensor, z: Tensor | None = None) -> Tensor:
         self._check_z(coords, z)
         b, n, _ = coords.shape
-        # grid_sample: last grid dim is (x, y, z) -> (W, H, D); align_corners maps +-1 to
-        # the end indices 0 and d, i.e. frequency +-0.5, so normalised = 2 * k.
-        grid = (2 * coords).reshape(1, 1, 1, b * n, 3).to(self.grids.dtype)
-        vals = nn.functional.grid_sample(self.grids[None], grid, mode="bilinear",
-                                         padding_mode="zeros", align_corners=True)
-        vals = vals.reshape(1 + self.zdim, b, n)  # (1 + k, b, n)
+        # frequency k (cycles/pixel) sits at voxel k d + d/2 of the (d+1)^3 grid
+        pos = (coords * self.d + self.d // 2).reshape(1, b * n, 3)
+        vals = sample_trilinear(self.grids[None], pos).reshape(1 + self.zdim, b, n)  # (1 + k, b, n)
         out = vals[0]
         if self.zdim:
             out = out + torch.einsum("kbn,bk->bn", vals[1:], z.to(vals.dtype))
