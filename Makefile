@@ -35,8 +35,15 @@ CRYODRGN_INSTALLED := $(CRYODRGN_VENV)/.installed
 # Thread counts pinned for reproducible, CI-sized runs (2 cores); tests/conftest.py pins
 # torch's own pool as well. Override on the command line: make test THREADS=8
 THREADS ?= 2
-RUN_ENV := OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) \
-	OPENBLAS_NUM_THREADS=$(THREADS) NUMEXPR_NUM_THREADS=$(THREADS) MPLBACKEND=Agg
+# make test runs its files on JOBS pytest-xdist processes of TEST_THREADS threads each
+# (JOBS x TEST_THREADS = the 2 cores): most tests and notebook cells are too small for a
+# second thread to pay, so two files at a time finish sooner than one file on two threads.
+# Each file (each notebook's cells, in order) stays on one process (--dist loadfile).
+JOBS ?= 2
+TEST_THREADS ?= $(shell echo $$(( $(THREADS) / $(JOBS) > 0 ? $(THREADS) / $(JOBS) : 1 )))
+env_for = OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$(1) MKL_NUM_THREADS=$(1) \
+	OPENBLAS_NUM_THREADS=$(1) NUMEXPR_NUM_THREADS=$(1) MPLBACKEND=Agg
+RUN_ENV := $(call env_for,$(THREADS))
 
 PYTEST_MARKERS ?= not slow and not cryodrgn
 PYTEST_ARGS ?=
@@ -64,13 +71,17 @@ $(INSTALLED): pyproject.toml
 
 # ---------------------------------------------------------------- tests
 # pytest exits 5 when it collects nothing; that is not a failure of the code.
+# $(1): pytest's arguments; $(2): threads per process (default THREADS)
 define run_pytest
-	$(RUN_ENV) $(VENV_BIN)/pytest $(1); rc=$$?; \
+	$(call env_for,$(or $(2),$(THREADS))) $(VENV_BIN)/pytest $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 endef
 
+XDIST_ARGS := $(if $(filter-out 0 1,$(JOBS)),-n $(JOBS) --dist loadfile)
+
+# The notebooks come first: they are the longest files, and started early they overlap the rest.
 test: $(INSTALLED)
-	@$(call run_pytest,-m "$(PYTEST_MARKERS)" tests/ $(NBVAL_ARGS) $(PYTEST_ARGS))
+	@$(call run_pytest,-m "$(PYTEST_MARKERS)" $(NBVAL_ARGS) tests/ $(XDIST_ARGS) --durations=15 $(PYTEST_ARGS),$(TEST_THREADS))
 
 test-slow: $(INSTALLED)
 	@$(call run_pytest,-m "slow or cryodrgn" tests/ $(PYTEST_ARGS))
