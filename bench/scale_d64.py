@@ -100,13 +100,32 @@ def main() -> None:
                     help="copies of the stack in the list and the train command's --time-limit (repeatable)")
     ap.add_argument("-o", "--out", type=Path, default=HERE / "out" / "scale_d64")
     ap.add_argument("--result", type=Path, default=HERE / "results" / "scale_d64.json")
+    ap.add_argument("--infer-only", action="store_true",
+                    help="run only infer --lazy, on the run folders an earlier train left in --out; the "
+                         "entries are added to the result file's earlier runs")
     args = ap.parse_args()
     python = sys.executable
     runs = []
+    if args.infer_only and args.result.exists():
+        runs = json.loads(args.result.read_text())["runs"]
     for case in args.case:
         copies, minutes = case.split(":")
         lst, ctf, n = make_list(args.stack, int(copies), args.out)
         run = args.out / f"run_n{n}"
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
+                                text=True).stdout.strip()
+        if args.infer_only:
+            if not (run / "weights.pt").is_file():
+                raise SystemExit(f"{run}: no trained run here; run this case without --infer-only first")
+            out = run / f"infer_{commit}"
+            shutil.rmtree(out, ignore_errors=True)
+            infer = watch([python, "-m", "cryofire_nb", "infer", str(run), str(lst), "--ctf", str(ctf), "--lazy",
+                           "-o", str(out)], args.out / f"infer_n{n}_{commit}.log", 7200)
+            infer["files_written"] = sorted(p.name for p in out.iterdir()) if out.exists() else []
+            infer["images_per_s"] = round(n / infer["wall_s"], 1)
+            runs.append({"particles": n, "commit": commit, "infer_only": True, "infer": infer})
+            write_result(args.result, runs)
+            continue
         if run.exists():
             shutil.rmtree(run)
         train = watch([python, "-m", "cryofire_nb", "train", str(lst), "--ctf", str(ctf), "-o", str(run), "--lazy",
@@ -118,18 +137,20 @@ def main() -> None:
                        "-o", str(run / "infer")], args.out / f"infer_n{n}.log", 7200)
         infer["files_written"] = sorted(p.name for p in (run / "infer").iterdir()) if (run / "infer").exists() else []
         infer["images_per_s"] = round(n / infer["wall_s"], 1)
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
-                                text=True).stdout.strip()
         entry = {"particles": n, "commit": commit, "train": train, "infer": infer}
         runs.append(entry)
         print(json.dumps(entry, indent=1), flush=True)
-        result = {"box": 64, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                                        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
-                  "meminfo": Path("/proc/meminfo").read_text().splitlines()[:3],
-                  "load_average_at_end": os.getloadavg(), "runs": runs}
-        args.result.parent.mkdir(parents=True, exist_ok=True)
-        args.result.write_text(json.dumps(result, indent=1) + "\n")  # after every case: a partial result is kept
+        write_result(args.result, runs)  # after every case: a partial result is kept
     print(f"wrote {args.result}")
+
+
+def write_result(path: Path, runs: list) -> None:
+    result = {"box": 64, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                                    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+              "meminfo": Path("/proc/meminfo").read_text().splitlines()[:3],
+              "load_average_at_end": os.getloadavg(), "runs": runs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
