@@ -95,7 +95,7 @@ def blob_volume_and_spectrum(d: int, seed: int):
 def make_dataset(folder: Path, d: int = 48, n: int = 4000, noise_rel: float = 1.0, seed: int = 0,
                  apix: float = 2.5, max_shift_px: float = 3.0) -> torch.Tensor:
     """Write particles.mrcs, poses.pkl, ctf.pkl and truth.mrc to ``folder``; return the truth."""
-    from cryofire_nb.ctf import CTFParams
+    from cryofire_nb.io import CtfParams
     from cryofire_nb.fft import freqs_1d, ifft2_center, translate_fourier
     from cryofire_nb.io.mrc import write_mrc
     from cryofire_nb.rotations import random_rotations
@@ -110,7 +110,7 @@ def make_dataset(folder: Path, d: int = 48, n: int = 4000, noise_rel: float = 1.
                          dfu - 600 * torch.rand(n, generator=g, dtype=torch.float64),
                          180 * torch.rand(n, generator=g, dtype=torch.float64), torch.full((n,), 300.0),
                          torch.full((n,), 2.7), torch.full((n,), 0.1), torch.zeros(n)], -1).double()
-    ctf = CTFParams.from_table(table)
+    ctf = CtfParams(table)
     k = freqs_1d(d, dtype=torch.float64)
     ky, kx = torch.meshgrid(k, k, indexing="ij")
     freqs = torch.stack([kx.flatten(), ky.flatten()], -1)
@@ -119,7 +119,7 @@ def make_dataset(folder: Path, d: int = 48, n: int = 4000, noise_rel: float = 1.
     for i in range(0, n, 500):
         sl = slice(i, min(i + 500, n))
         f = spectrum(plane @ rots[sl]).reshape(-1, d, d)
-        f = f * CTFParams.from_table(table[sl]).evaluate(freqs, d).reshape(-1, d, d)
+        f = f * ctf.subset(sl).evaluate(freqs, d).reshape(-1, d, d)
         images[sl] = ifft2_center(translate_fourier(f, -shift_px[sl])).real.float()
     signal_std = float(images.std())
     noise = torch.randn(images.shape, generator=g) * signal_std * noise_rel

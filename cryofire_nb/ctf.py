@@ -11,7 +11,8 @@ At zero frequency ``ctf = -w``: an un-inverted image of positive density is
 CTF table (cryoDRGN ``ctf.pkl``): float32 (N, 9) columns
 ``[D, Apix, DefocusU (A), DefocusV (A), DefocusAngle (deg), Voltage (kV), Cs (mm), w,
 PhaseShift (deg)]`` with D and Apix of the original stack; when images are downsampled
-to box ``d`` the effective pixel size is ``Apix * D / d``.
+to box ``d`` the effective pixel size is ``Apix * D / d``. The table with its named
+columns, and its CTF on a box of ``d`` pixels, is :class:`cryofire_nb.io.CtfParams`.
 
 Dimension letters: b batch, n frequency points.
 """
@@ -19,14 +20,10 @@ Dimension letters: b batch, n frequency points.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 Tensor = torch.Tensor
-
-CTF_COLUMNS = ("d", "pixel_size_angstrom", "defocus_u_angstrom", "defocus_v_angstrom",
-               "defocus_angle_deg", "voltage_kv", "cs_mm", "amplitude_contrast", "phase_shift_deg")
 
 
 def electron_wavelength_angstrom(voltage_kv: Tensor | float) -> Tensor:
@@ -65,43 +62,6 @@ def compute_ctf(freqs_per_angstrom: Tensor, defocus_u_angstrom, defocus_v_angstr
     if torch.any(torch.as_tensor(bfac) != 0):
         ctf = ctf * torch.exp(-bfac * s2 / 4)
     return ctf
-
-
-@dataclass
-class CTFParams:
-    """Per-particle CTF parameters, each (b,) float tensor (one row of the CTF table each)."""
-
-    d: Tensor
-    pixel_size_angstrom: Tensor
-    defocus_u_angstrom: Tensor
-    defocus_v_angstrom: Tensor
-    defocus_angle_deg: Tensor
-    voltage_kv: Tensor
-    cs_mm: Tensor
-    amplitude_contrast: Tensor
-    phase_shift_deg: Tensor
-
-    @classmethod
-    def from_table(cls, table) -> "CTFParams":
-        t = torch.as_tensor(table)
-        if t.dim() != 2 or t.shape[1] != 9:
-            raise ValueError(f"CTF table must be (N, 9), got {tuple(t.shape)}")
-        return cls(*t.unbind(-1))
-
-    def to_table(self) -> Tensor:
-        return torch.stack([getattr(self, c) for c in CTF_COLUMNS], -1)
-
-    def evaluate(self, freqs_cycles_per_px: Tensor, d: int, bfactor_angstrom2=0.0) -> Tensor:
-        """CTF (b, n) at lattice frequencies in cycles/pixel of a box of size ``d``.
-
-        The table's pixel size refers to the original box; after downsampling to ``d``
-        the effective pixel size is ``Apix * D / d``.
-        """
-        apix = (self.pixel_size_angstrom * self.d / d).to(freqs_cycles_per_px.dtype)
-        k = freqs_cycles_per_px[None] / apix[:, None, None]  # (b, n, 2)
-        return compute_ctf(k, self.defocus_u_angstrom, self.defocus_v_angstrom,
-                           self.defocus_angle_deg, self.voltage_kv, self.cs_mm,
-                           self.amplitude_contrast, self.phase_shift_deg, bfactor_angstrom2)
 
 
 def ctf_zero_frequencies(defocus_angstrom: float, voltage_kv: float, cs_mm: float,

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from . import memory, stopping
-from .ctf import CTFParams
 from .fft import ht2_center, symmetrize_ht
 from .errors import InputError
+from .io.records import CtfParams
 from .lattice import Lattice
 from .validate import check_ctf_table
 
@@ -169,7 +169,7 @@ class HartleyData:
         """CTF rows (b, n) evaluated from the table, or None without a CTF."""
         if self._ctf_table is None:
             return None
-        params = CTFParams.from_table(self._ctf_table[torch.as_tensor(pos, device=self.device)])
+        params = CtfParams(self._ctf_table[torch.as_tensor(pos, device=self.device)])
         return params.evaluate(self.lattice.coords_xy.double(), self.lattice.d).float()
 
     # ------------------------------------------------------------------ construction

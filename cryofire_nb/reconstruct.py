@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .ctf import CTFParams
+from .io.records import CtfParams
 from .fft import fft2_center, freqs_1d, ifft3_center, translate_fourier
 from .fsc import FSCResult, fsc
 from .projection import dft_plane, scatter_trilinear, slice_positions
@@ -139,7 +139,7 @@ class FourierAccumulator:
         self.n_images = 0
 
     def add(self, images: Tensor, rots: Tensor, shift_px: Tensor | None = None,
-            ctf: CTFParams | None = None, particle_index: Tensor | None = None) -> None:
+            ctf: CtfParams | None = None, particle_index: Tensor | None = None) -> None:
         """Backproject real-space ``images`` (b, d, d) with rotations (b, 3, 3), shifts
         (b, 2) in pixels (x, y) and per-particle CTF parameters. ``particle_index`` (b,)
         decides the half-map (parity); default: running count of images added."""
@@ -155,7 +155,6 @@ class FourierAccumulator:
             f = translate_fourier(f, torch.as_tensor(shift_px).to(device=f.device, dtype=cfg.dtype))
         f = f.reshape(b, -1)[:, self.keep]  # (b, n)
         if ctf is not None:
-            ctf = CTFParams.from_table(ctf.to_table().to(f.device))
             c = ctf.evaluate(self.freqs, d).to(dtype=cfg.dtype)  # (b, n)
             if cfg.ctf_mode == "wiener":
                 f, w = f * c, c * c
@@ -238,12 +237,8 @@ class FourierAccumulator:
         )
 
 
-def _ctf_rows(ctf: CTFParams, sl: slice) -> CTFParams:
-    return CTFParams.from_table(ctf.to_table()[sl])
-
-
 def reconstruct(images: Tensor, rots: Tensor, shift_px: Tensor | None = None,
-                ctf: CTFParams | None = None, config: BackprojectConfig | None = None,
+                ctf: CtfParams | None = None, config: BackprojectConfig | None = None,
                 pixel_size_angstrom: float | None = None) -> ReconstructionResult:
     """Reconstruct a volume from real-space particle images (N, d, d) with known poses.
 
@@ -256,12 +251,12 @@ def reconstruct(images: Tensor, rots: Tensor, shift_px: Tensor | None = None,
     if rots.shape[0] != n or (shift_px is not None and shift_px.shape[0] != n):
         raise ValueError(f"{n} images but {rots.shape[0]} rotations / "
                          f"{None if shift_px is None else shift_px.shape[0]} shifts")
-    if ctf is not None and ctf.d.shape[0] != n:
-        raise ValueError(f"{n} images but {ctf.d.shape[0]} CTF rows")
+    if ctf is not None and len(ctf) != n:
+        raise ValueError(f"{n} images but {len(ctf)} CTF rows")
     acc = FourierAccumulator(d, cfg)
     starts = range(0, n, cfg.batch_size)
     for i in tqdm(starts, desc="backproject", unit="batch", disable=not cfg.progress):
         sl = slice(i, min(i + cfg.batch_size, n))
         acc.add(images[sl], rots[sl], None if shift_px is None else shift_px[sl],
-                None if ctf is None else _ctf_rows(ctf, sl), torch.arange(sl.start, sl.stop))
+                None if ctf is None else ctf.subset(sl), torch.arange(sl.start, sl.stop))
     return acc.finish(pixel_size_angstrom)

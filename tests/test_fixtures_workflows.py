@@ -19,8 +19,8 @@ def fix(fixtures_dir):
 
 
 def test_downsampled_real_stack_keeps_ctf_table_consistent(fix, out_dir):
-    from cryofire_nb.ctf import CTFParams, compute_ctf
-    from cryofire_nb.io import ImageSource, parse_star_poses_ctf, read_mrc
+    from cryofire_nb.ctf import compute_ctf
+    from cryofire_nb.io import CtfParams, ImageSource, parse_star_poses_ctf, read_mrc
     from cryofire_nb.io.downsample import downsample_source
     from cryofire_nb.lattice import Lattice
 
@@ -33,7 +33,7 @@ def test_downsampled_real_stack_keeps_ctf_table_consistent(fix, out_dir):
     assert abs(apix_new - src.pixel_size_angstrom * 320 / 64) < 1e-6
     assert abs(small.pixel_size_angstrom / apix_new - 1) < 1e-5
     coords = Lattice(64, dtype=torch.float64).coords_xy
-    p = CTFParams.from_table(torch.as_tensor(ctf.table, dtype=torch.float64))
+    p = CtfParams(torch.as_tensor(ctf.table, dtype=torch.float64))
     direct = compute_ctf(coords / (float(ctf.pixel_size_angstrom[0]) * 320 / 64), p.defocus_u_angstrom,
                          p.defocus_v_angstrom, p.defocus_angle_deg, p.voltage_kv, p.cs_mm, p.amplitude_contrast,
                          p.phase_shift_deg)

@@ -4,7 +4,7 @@ all, KL sign, and gradient flow through the whole model."""
 import pytest
 import torch
 
-from cryofire_nb.ctf import CTFParams
+from cryofire_nb.io import CtfParams
 from cryofire_nb.fft import translate_ht
 from cryofire_nb.lattice import Lattice
 from cryofire_nb.model.decoder import HyperVolume, HyperVolumeConfig
@@ -20,11 +20,10 @@ DT = torch.float64
 def _ctf(b, lattice, g):
     """Astigmatic CTF (b, m, m) with an oblique axis, so the x-flip changes it."""
     u = torch.rand(b, generator=g, dtype=DT)
-    p = CTFParams(d=torch.full((b,), float(D), dtype=DT), pixel_size_angstrom=torch.full((b,), 3.0, dtype=DT),
-                  defocus_u_angstrom=15000 + 5000 * u, defocus_v_angstrom=12000 + 3000 * u,
-                  defocus_angle_deg=30 + 20 * u, voltage_kv=torch.full((b,), 300.0, dtype=DT),
-                  cs_mm=torch.full((b,), 2.7, dtype=DT), amplitude_contrast=torch.full((b,), 0.1, dtype=DT),
-                  phase_shift_deg=torch.zeros(b, dtype=DT))
+    full = lambda v: torch.full((b,), float(v), dtype=DT)  # noqa: E731
+    # columns: D, Apix, defocus U, V, angle, kV, Cs, w, phase shift
+    p = CtfParams(torch.stack([full(D), full(3.0), 15000 + 5000 * u, 12000 + 3000 * u, 30 + 20 * u,
+                               full(300.0), full(2.7), full(0.1), full(0.0)], -1))
     c = p.evaluate(lattice.coords_xy, D)  # (b, n)
     assert not torch.allclose(c.reshape(b, D + 1, D + 1), c.reshape(b, D + 1, D + 1).flip(-1))
     return c.reshape(b, D + 1, D + 1)

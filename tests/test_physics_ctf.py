@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from cryofire_nb.ctf import CTFParams, compute_ctf, ctf_zero_frequencies, electron_wavelength_angstrom
+from cryofire_nb.ctf import compute_ctf, ctf_zero_frequencies, electron_wavelength_angstrom
+from cryofire_nb.io import CtfParams
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -87,7 +89,7 @@ def test_ctf_table_rescales_pixel_size_after_downsampling():
     """Row [D=64, Apix=1] evaluated on a 32-px box equals row [D=32, Apix=2]."""
     def params(d, apix):
         row = torch.tensor([[d, apix, 15000.0, 14000.0, 20.0, 300.0, 2.7, 0.1, 0.0]], dtype=torch.float64)
-        return CTFParams.from_table(row)
+        return CtfParams(row)
     k = torch.linspace(-0.5, 0.5, 11, dtype=torch.float64)
     ky, kx = torch.meshgrid(k, k, indexing="ij")
     freqs = torch.stack([kx.flatten(), ky.flatten()], -1)  # cycles/pixel
@@ -114,3 +116,22 @@ def test_gradcheck_ctf_wrt_defocus():
     fn = lambda u, v: compute_ctf(freqs, u, v, torch.tensor([15.0, 60.0], dtype=torch.float64),  # noqa: E731
                                   300.0, 2.7, 0.1)
     assert torch.autograd.gradcheck(fn, (dfu, dfv), eps=1e-3, atol=1e-5)
+
+
+def test_ctf_record_numpy_and_tensor_tables_agree():
+    """The same rows as a float32 numpy table (as read from ctf.pkl) or as a tensor
+    (as a training loop keeps it), selected by slice or by index, give the same CTF."""
+    table = CtfParams.from_columns(image_size=64, pixel_size_angstrom=1.5, defocus_u_angstrom=[12000.0, 15000.0, 18000.0],
+                                   defocus_v_angstrom=[11500.0, 14000.0, 17900.0], defocus_angle_deg=[10.0, 50.0, 170.0],
+                                   voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.1)
+    k = torch.linspace(-0.5, 0.5, 9)
+    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    freqs = torch.stack([kx.flatten(), ky.flatten()], -1)
+    as_tensor = table.to(dtype=torch.float32)
+    assert isinstance(as_tensor.table, torch.Tensor) and len(as_tensor) == len(table) == 3
+    for rows in (slice(1, 3), [2, 0], np.array([2, 0]), torch.tensor([2, 0])):
+        a, b = table.subset(rows).evaluate(freqs, 32), as_tensor.subset(rows).evaluate(freqs, 32)
+        assert a.dtype == torch.float32 and a.shape == (2, 81)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    np.testing.assert_array_equal(as_tensor.numpy(), table.table)
+    assert table.to(dtype=torch.float64).evaluate(freqs.double(), 32).dtype == torch.float64

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cryofire_nb.cli import main
-from cryofire_nb.ctf import CTFParams
+from cryofire_nb.io import CtfParams
 from cryofire_nb.fft import freqs_1d, ifft2_center, translate_fourier
 from cryofire_nb.fsc import FSCCrossing, crossing, fsc
 from cryofire_nb.io.mrc import read_mrc, write_mrc
@@ -68,12 +68,12 @@ def blob_projections(d: int, blobs, rots: torch.Tensor) -> torch.Tensor:
     return (amp * torch.polar(torch.ones_like(phase), phase)).sum(-1).reshape(-1, d, d)
 
 
-def random_ctf(n: int, d: int, generator) -> CTFParams:
+def random_ctf(n: int, d: int, generator) -> CtfParams:
     dfu = 8000 + 12000 * torch.rand(n, generator=generator, dtype=torch.float64)
     dfv = dfu - 500 * torch.rand(n, generator=generator, dtype=torch.float64)
     ang = 180 * torch.rand(n, generator=generator, dtype=torch.float64)
     full = lambda v: torch.full((n,), float(v), dtype=torch.float64)  # noqa: E731
-    return CTFParams(full(d), full(APIX), dfu, dfv, ang, full(300), full(2.7), full(0.1), full(0))
+    return CtfParams(torch.stack([full(d), full(APIX), dfu, dfv, ang, full(300), full(2.7), full(0.1), full(0)], -1))
 
 
 def simulate(n: int, seed: int, noise_rel: float = 0.0, with_ctf: bool = True):
@@ -136,7 +136,7 @@ def test_reconstruct_wrong_choices_are_worse(clean_data):
     stored, rots, shift_px, ctf, truth = clean_data
     sub = slice(0, 500)
     args = (stored[sub].float(), rots[sub].float())
-    ctf_sub = CTFParams.from_table(ctf.to_table()[sub])
+    ctf_sub = ctf.subset(sub)
     good = corr(reconstruct(*args, shift_px[sub].float(), ctf_sub).volume, truth)
     wrong_shift = corr(reconstruct(*args, -shift_px[sub].float(), ctf_sub).volume, truth)
     no_invert = corr(reconstruct(*args, shift_px[sub].float(), ctf_sub,
@@ -156,7 +156,7 @@ def test_reconstruct_modes_and_dtypes(clean_data, dtype, mode):
     stored, rots, shift_px, ctf, truth = clean_data
     sub = slice(0, 300)
     res = reconstruct(stored[sub].to(dtype), rots[sub].to(dtype), shift_px[sub].to(dtype),
-                      CTFParams.from_table(ctf.to_table()[sub]),
+                      ctf.subset(sub),
                       BackprojectConfig(ctf_mode=mode, dtype=dtype, batch_size=128))
     assert res.volume.dtype == dtype and res.half_b.dtype == dtype
     assert corr(res.volume, truth) > 0.8
@@ -200,17 +200,17 @@ def test_accumulator_batches_and_half_assignment(clean_data):
     stored, rots, shift_px, ctf, truth = clean_data
     sub = slice(0, 120)
     imgs, r, t = stored[sub].double(), rots[sub].double(), shift_px[sub].double()
-    table = ctf.to_table()[sub]
+    table = ctf.table[sub]
     cfg = BackprojectConfig(dtype=torch.float64, wiener_snr=10.0)
-    one = reconstruct(imgs, r, t, CTFParams.from_table(table), BackprojectConfig(dtype=torch.float64, wiener_snr=10.0, batch_size=120))
+    one = reconstruct(imgs, r, t, CtfParams(table), BackprojectConfig(dtype=torch.float64, wiener_snr=10.0, batch_size=120))
     acc = FourierAccumulator(D, cfg)
     for i, j in ((90, 120), (0, 7), (7, 90)):  # uneven batches, out of order
-        acc.add(imgs[i:j], r[i:j], t[i:j], CTFParams.from_table(table[i:j]), torch.arange(i, j))
+        acc.add(imgs[i:j], r[i:j], t[i:j], CtfParams(table[i:j]), torch.arange(i, j))
     many = acc.finish()
     torch.testing.assert_close(many.volume, one.volume, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(many.half_b, one.half_b, rtol=1e-9, atol=1e-9)
     # Half A alone equals a reconstruction of the even particles.
-    even = reconstruct(imgs[0::2], r[0::2], t[0::2], CTFParams.from_table(table[0::2]),
+    even = reconstruct(imgs[0::2], r[0::2], t[0::2], CtfParams(table[0::2]),
                        BackprojectConfig(dtype=torch.float64, wiener_snr=10.0))
     torch.testing.assert_close(many.half_a, even.volume, rtol=1e-9, atol=1e-9)
 
@@ -324,7 +324,7 @@ def particle_files(tmp_path_factory, clean_data):
     with open(folder / "poses.pkl", "wb") as f:
         pickle.dump((rots[:n].float().numpy(), (shift_px[:n] / D).float().numpy()), f)
     with open(folder / "ctf.pkl", "wb") as f:
-        pickle.dump(ctf.to_table()[:n].float().numpy(), f)
+        pickle.dump(ctf.table[:n].float().numpy(), f)
     return folder, truth
 
 

@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from cryofire_nb import cli
-from cryofire_nb.ctf import CTFParams, ctf_zero_frequencies
+from cryofire_nb.ctf import ctf_zero_frequencies
 from cryofire_nb.errors import InputError
 from cryofire_nb.fft import fft2_center, freqs_1d, ifft2_center, translate_images
-from cryofire_nb.io import read_ctf, read_mrc, read_poses, read_star
+from cryofire_nb.io import CtfParams, read_ctf, read_mrc, read_poses, read_star
 from cryofire_nb.io.parse import parse_star_poses_ctf
 from cryofire_nb.simulate import (CtfConfig, HeterogeneityConfig, SimConfig, ViewConfig, particles, plan_dataset,
                                   project_atoms, render, render_clean, sample_params, signal_variance, simulate_dataset)
@@ -106,7 +106,7 @@ def test_same_data_for_any_chunking_and_order(tmp_path):
     idx = order[:5]
     p = plan.params
     direct = particles(dataset_module.particle_coords(plan, idx), plan.scattering, p.rots[idx], p.shift_px[idx],
-                       CTFParams.from_table(torch.from_numpy(p.ctf_table[idx])), 32, 2.9, indices=idx, seed=5,
+                       CtfParams(p.ctf_table[idx]), 32, 2.9, indices=idx, seed=5,
                        noise_std=plan.noise_std, invert=True, density_bfactor_angstrom2=50.0)
     np.testing.assert_allclose(direct, x[idx], rtol=0, atol=1e-5)
     other_seed = read_mrc(simulate_dataset(cfg.replace(seed=6), tmp_path / "c", progress=False).out_dir

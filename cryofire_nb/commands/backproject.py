@@ -147,7 +147,6 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ..ctf import CTFParams
     from ..io._atomic import atomic_path
     from ..io.mrc import write_mrc
     from ..reconstruct import BackprojectConfig, FourierAccumulator
@@ -164,12 +163,11 @@ def main(args: argparse.Namespace) -> int:
     acc = FourierAccumulator(d, config)
     rots = torch.as_tensor(poses.rots)
     shift_px = torch.as_tensor(poses.shift_px(d))
-    table = None if ctf is None else torch.as_tensor(ctf.table)
     for start in tqdm(range(0, len(sel), args.batch_size), desc="backproject", unit="batch"):
         stop = min(start + args.batch_size, len(sel))
         pr = pose_rows[start:stop]
         acc.add(torch.as_tensor(src.images(sel[start:stop])), rots[pr], shift_px[pr],
-                None if table is None else CTFParams.from_table(table[ctf_rows[start:stop]]),
+                None if ctf is None else ctf.subset(ctf_rows[start:stop]),
                 torch.arange(start, stop))
     result = acc.finish(pixel_size)
 

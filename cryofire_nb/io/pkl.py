@@ -312,7 +312,7 @@ def read_ctf(path: str | Path, n_expected: int | None = None) -> CtfParams:
 
 
 def write_ctf(path: str | Path, ctf: CtfParams) -> None:
-    _dump(path, [ctf.table.astype(np.float32)])
+    _dump(path, [ctf.numpy()])
 
 
 # --------------------------------------------------------------------------- latents

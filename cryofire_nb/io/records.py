@@ -1,6 +1,6 @@
 """Typed containers for per-particle metadata: poses, CTF parameters, latents.
 
-Dimension letters: n particles, k latent dimension.
+Dimension letters: n particles, k latent dimension, f frequency points.
 
 Conventions (cryoDRGN-compatible):
 
@@ -18,6 +18,7 @@ Conventions (cryoDRGN-compatible):
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,12 @@ CTF_COLUMNS = (
 
 def _as_index(ind) -> np.ndarray:
     return np.asarray(ind, dtype=np.int64).reshape(-1)
+
+
+def _is_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (not loaded: no tensor exists)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -71,14 +78,21 @@ class Poses:
 
 @dataclass(frozen=True)
 class CtfParams:
-    """Per-particle CTF parameters: the cryoDRGN ``(n, 9)`` float32 table with named columns."""
+    """Per-particle CTF parameters: the cryoDRGN ``(n, 9)`` table with named columns
+    (``CTF_COLUMNS``), and the CTF they give (:meth:`evaluate`).
 
-    table: np.ndarray  # (n, 9) float32, columns CTF_COLUMNS
+    The table is float32 numpy as files hold it, or a torch tensor of any float dtype on
+    any device, kept as it is: a training loop moves the whole table to its device once
+    and takes each batch's rows there (``CtfParams(table[rows])`` or :meth:`subset`), so
+    evaluating a batch copies no more than its rows; a float64 table evaluates in float64.
+    """
+
+    table: np.ndarray  # (n, 9) float32, columns CTF_COLUMNS; or a torch tensor (n, 9)
 
     def __post_init__(self):
-        table = np.asarray(self.table, dtype=np.float32)
+        table = self.table if _is_tensor(self.table) else np.asarray(self.table, dtype=np.float32)
         if table.ndim != 2 or table.shape[1] != 9:
-            raise ValueError(f"CTF table must be (n, 9), got {table.shape}")
+            raise ValueError(f"CTF table must be (n, 9), got {tuple(table.shape)}")
         object.__setattr__(self, "table", table)
 
     def __len__(self) -> int:
@@ -88,7 +102,7 @@ class CtfParams:
     def from_columns(cls, *, image_size, pixel_size_angstrom, defocus_u_angstrom, defocus_v_angstrom,
                      defocus_angle_deg, voltage_kv, cs_mm, amplitude_contrast,
                      phase_shift_deg=0.0) -> "CtfParams":
-        """Build the table from per-particle arrays (n,) or scalars (broadcast)."""
+        """Build the float32 table from per-particle arrays (n,) or scalars (broadcast)."""
         cols = [image_size, pixel_size_angstrom, defocus_u_angstrom, defocus_v_angstrom,
                 defocus_angle_deg, voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg]
         n = max(np.size(c) for c in cols)
@@ -98,9 +112,47 @@ class CtfParams:
         return cls(table)
 
     def subset(self, ind) -> "CtfParams":
-        return CtfParams(self.table[_as_index(ind)])
+        """The rows ``ind`` (a slice, or indices as a sequence, array or tensor), on the
+        table's side: a tensor table is indexed on its own device."""
+        if isinstance(ind, slice):
+            return CtfParams(self.table[ind])
+        if _is_tensor(self.table):
+            import torch
 
-    # Named views of the columns, each (n,) float32.
+            return CtfParams(self.table[torch.as_tensor(ind, device=self.table.device).long().reshape(-1)])
+        return CtfParams(self.table[_as_index(ind.cpu().numpy() if _is_tensor(ind) else ind)])
+
+    def to(self, device=None, dtype=None) -> "CtfParams":
+        """The same rows with a torch table on ``device`` in ``dtype`` (no copy where the
+        table already is one there)."""
+        import torch
+
+        table = self.table if _is_tensor(self.table) else torch.from_numpy(self.table)
+        return CtfParams(table.to(device=device, dtype=dtype))
+
+    def numpy(self) -> np.ndarray:
+        """The table as float32 numpy (n, 9), as cryoDRGN's ``ctf.pkl`` holds it."""
+        if _is_tensor(self.table):
+            return self.table.detach().cpu().numpy().astype(np.float32)
+        return self.table
+
+    def evaluate(self, freqs_cycles_per_px, d: int, bfactor_angstrom2=0.0):
+        """CTF (n, f) of every row at frequencies ``freqs_cycles_per_px`` (f, 2) as (kx, ky)
+        in cycles/pixel of a box of ``d`` pixels: a torch tensor on the frequencies'
+        device and in their dtype (only the rows move there).
+
+        The table's pixel size refers to the original box D; after downsampling to ``d``
+        the effective pixel size is ``Apix * D / d``.
+        """
+        from ..ctf import compute_ctf
+
+        freqs = freqs_cycles_per_px
+        image_size, apix, dfu, dfv, dfang, kv, cs, w, phase = self.to(device=freqs.device).table.unbind(-1)
+        apix = (apix * image_size / d).to(freqs.dtype)
+        k = freqs[None] / apix[:, None, None]  # (n, f, 2) in 1/Angstrom
+        return compute_ctf(k, dfu, dfv, dfang, kv, cs, w, phase, bfactor_angstrom2)
+
+    # Named views of the columns, each (n,): numpy or torch, as the table.
     image_size = property(lambda self: self.table[:, 0], doc="D of the original stack (pixels)")
     pixel_size_angstrom = property(lambda self: self.table[:, 1], doc="Apix of the original stack")
     defocus_u_angstrom = property(lambda self: self.table[:, 2])

@@ -36,11 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from .. import __version__
-from ..ctf import CTFParams
 from ..errors import InputError
 from ..io import (CtfParams, Poses, image_names_for_stack, open_stack_writer, write_ctf, write_mrc, write_poses,
                   write_relion31_star)
@@ -172,7 +170,7 @@ def render_clean(plan: SimulationPlan, indices) -> np.ndarray:
     """Noise-free, un-inverted particles (b, d, d) float32 for particle ``indices``."""
     cfg, p = plan.config, plan.params
     indices = np.asarray(indices, dtype=np.int64)
-    ctf = None if p.ctf_table is None else CTFParams.from_table(torch.from_numpy(p.ctf_table[indices]))
+    ctf = None if p.ctf_table is None else CtfParams(p.ctf_table[indices])
     ctf_bfactor = 0.0 if cfg.ctf is None else cfg.ctf.bfactor_angstrom2
     return clean_particles(particle_coords(plan, indices), plan.scattering, p.rots[indices].astype(np.float64),
                            p.shift_px[indices].astype(np.float64), ctf, cfg.d, cfg.pixel_size_angstrom,

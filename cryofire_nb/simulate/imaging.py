@@ -8,7 +8,7 @@ Conventions (``/shared/docs/conventions.md``):
   shift ``t`` (pixels, (x, y)); the pose file stores ``t / d``. Re-centring the particle
   by ``+t`` (what cryoDRGN does) gives back the centred image.
 * The CTF multiplies the centred 2-D DFT on the DFT frequency grid ``(j - d//2) / d``
-  cycles/pixel (:meth:`cryofire_nb.ctf.CTFParams.evaluate`). With ``CTF(0) = -w`` an
+  cycles/pixel (:meth:`cryofire_nb.io.CtfParams.evaluate`). With ``CTF(0) = -w`` an
   un-inverted image of positive density is dark at low frequency; ``invert_contrast``
   stores ``-image`` (particles white, like RELION stacks).
 * Noise is white Gaussian in real space, drawn for each particle from its own stream
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..ctf import CTFParams
+from ..io.records import CtfParams
 from ..fft import freqs_1d, ifft2_center, translate_fourier
 from .density import Scattering, project_atoms
 
@@ -31,13 +31,12 @@ Tensor = torch.Tensor
 NOISE_STREAM = 1  # second entry of the noise seed sequence (parameters use PARAMS_STREAM = 0)
 
 
-def ctf_on_grid(ctf: CTFParams, d: int, bfactor_angstrom2: float = 0.0) -> Tensor:
+def ctf_on_grid(ctf: CtfParams, d: int, bfactor_angstrom2: float = 0.0) -> Tensor:
     """CTF values (b, d, d) [ky, kx] on the centred DFT grid of a box of ``d`` pixels."""
     k = freqs_1d(d, dtype=torch.float64)
     ky, kx = torch.meshgrid(k, k, indexing="ij")
     grid = torch.stack([kx.flatten(), ky.flatten()], -1)  # (d*d, 2) as (kx, ky), cycles/pixel
-    as64 = CTFParams(*(getattr(ctf, f).to(torch.float64) for f in ctf.__dataclass_fields__))
-    return as64.evaluate(grid, d, bfactor_angstrom2).reshape(-1, d, d)
+    return ctf.to(dtype=torch.float64).evaluate(grid, d, bfactor_angstrom2).reshape(-1, d, d)
 
 
 def apply_ctf(f_images: Tensor, ctf_values: Tensor | None) -> Tensor:
@@ -83,7 +82,7 @@ def signal_variance(clean_images: np.ndarray) -> float:
     return float(x.reshape(x.shape[0], -1).var(axis=1).mean())
 
 
-def clean_particles(coords_angstrom, scattering: Scattering, rots, shift_px, ctf: CTFParams | None,
+def clean_particles(coords_angstrom, scattering: Scattering, rots, shift_px, ctf: CtfParams | None,
                     d: int, pixel_size_angstrom: float, density_bfactor_angstrom2: float = 0.0,
                     ctf_bfactor_angstrom2: float = 0.0) -> np.ndarray:
     """Noise-free, un-inverted particles (b, d, d) float32: projection -> CTF -> shift -> real."""
@@ -92,7 +91,7 @@ def clean_particles(coords_angstrom, scattering: Scattering, rots, shift_px, ctf
     return to_real(shift_to_stored(f, shift_px))
 
 
-def particles(coords_angstrom, scattering: Scattering, rots, shift_px, ctf: CTFParams | None,
+def particles(coords_angstrom, scattering: Scattering, rots, shift_px, ctf: CtfParams | None,
               d: int, pixel_size_angstrom: float, *, indices, seed: int, noise_std: float,
               invert: bool = True, density_bfactor_angstrom2: float = 0.0,
               ctf_bfactor_angstrom2: float = 0.0) -> np.ndarray:

@@ -25,10 +25,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..ctf import CTFParams
 from ..errors import InputError
 from ..hartley_data import MEMORY_FRACTION, available_memory_bytes
-from ..io import ImageSource, read_ctf, read_indices, read_poses
+from ..io import CtfParams, ImageSource, read_ctf, read_indices, read_poses
 from ..io.pkl import load_pickles
 from ..validate import check_ctf_matches_stack
 from ..lattice import Lattice
@@ -173,7 +172,7 @@ class ParticleData:
         if self.ctf_table is None:
             return None
         pos = torch.as_tensor(np.asarray(positions, dtype=np.int64).reshape(-1), device=self.device)
-        params = CTFParams.from_table(self._ctf_device[pos])
+        params = CtfParams(self._ctf_device[pos])
         c = params.evaluate(self._freqs64, self.d)  # (b, n)
         m = self.d + 1
         return c.reshape(-1, m, m).to(torch.float32)

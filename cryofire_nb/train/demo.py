@@ -67,7 +67,6 @@ def known_pose_anchor(data: Path, out: Path) -> dict:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..ctf import CTFParams
     from ..fsc import fsc
     from ..io import read_ctf, read_mrc, read_poses, write_mrc
     from ..io._atomic import atomic_path
@@ -78,7 +77,7 @@ def known_pose_anchor(data: Path, out: Path) -> dict:
     images = torch.as_tensor(stack.data)
     d = images.shape[-1]
     poses = read_poses(data / "poses.pkl")
-    ctf = CTFParams.from_table(torch.as_tensor(read_ctf(data / "ctf.pkl").table))
+    ctf = read_ctf(data / "ctf.pkl")
     rec = reconstruct(images, torch.as_tensor(poses.rots), torch.as_tensor(poses.shift_px(d)), ctf,
                       pixel_size_angstrom=stack.pixel_size_angstrom)
     ref_name = "vol_path_02.mrc" if (data / "vol_path_02.mrc").is_file() else "vol_state_00.mrc"

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..ctf import CTFParams
 from ..fft import fft2_center
 from ..io import CtfParams, Poses, write_ctf, write_mrc, write_poses
 from ..projection import project_fourier
@@ -91,7 +90,7 @@ def make_synthetic_set(folder: str | Path, n: int = 512, d: int = 16, n_levels: 
         if sel.size == 0:
             continue
         f = fft2_center(project_fourier(vol, rots[sel]))  # (b, d, d) centred Fourier
-        c = None if table is None else ctf_on_grid(CTFParams.from_table(torch.as_tensor(table[sel])), d)
+        c = None if table is None else ctf_on_grid(CtfParams(table[sel]), d)
         clean[sel] = to_real(shift_to_stored(apply_ctf(f, c), shift_px[sel]))
     noise_std = 0.0 if snr is None else float(np.sqrt(clean.reshape(n, -1).var(axis=1).mean() / snr))
     images = invert_contrast(add_noise(clean, noise_std, np.arange(n), seed), True).astype(np.float32)
