@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from . import stopping
 from .hartley_data import HartleyData
+from .parallel import Alone
 from .rotations import random_rotations, so3_grid
 from .search import (Accumulator, global_search, hartley_volume_to_real, local_search,
                      perturbation_grid, real_to_hartley_volume, shift_grid, spherical_support)
@@ -159,15 +160,46 @@ def global_search_seconds(data: HartleyData, cfg: AbinitConfig | None = None) ->
     return times[-1]
 
 
+def _stop_check(group) -> None:
+    """:func:`stopping.check`, agreed between processes (all stop at the same batch)."""
+    if group.any(stopping.requested()):
+        raise stopping.StageStopped()
+
+
+def _batches(group, n: int, size: int):
+    """This process's batches (slices) of its part of ``n`` particles. Every process gets
+    the same number of batches (the last ones may be empty), so that the collectives in a
+    loop over them match."""
+    lo, hi = group.part(n)
+    per = -(-n // group.world)  # the largest part
+    for j in range(-(-per // size)):
+        yield slice(min(hi, lo + j * size), min(hi, lo + (j + 1) * size))
+
+
+def _backproject_parts(model: "_VolumeModel", data: HartleyData, group, cfg: AbinitConfig, lat, index: Tensor,
+                       rots: Tensor, shifts: Tensor) -> None:
+    """Backproject every particle at its pose into ``model``: each process its part, the
+    sums then added over the processes."""
+    for sl in _batches(group, data.n_particles, cfg.batch_size_full):
+        if sl.stop > sl.start:
+            model.acc.add(*data.rows(sl), lat, index, rots[sl, None], shifts[sl, None])
+    group.sum_(model.acc.num)
+    group.sum_(model.acc.den)
+
+
 def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s: float | None = None,
-               progress: bool = True, callback=None) -> AbinitResult:
+               progress: bool = True, callback=None, group=None) -> AbinitResult:
     """Ab initio poses and consensus volume for all particles of ``data``.
 
     ``callback(stage, info: dict)`` is called after each logged step (for ground-truth
     monitoring in notebooks and the trainer). ``time_limit_s`` bounds the EM stage and
-    shortens refinement when exceeded.
+    shortens refinement when exceeded. ``group`` (:mod:`cryofire_nb.parallel`) divides
+    the particle-parallel stages between processes: the EM stage, a few thousand images,
+    runs the same on every process; the global search, the local rounds and the
+    backprojections run on each process's part of the particles, joined by collectives.
     """
     cfg = cfg or AbinitConfig()
+    group = group or Alone()
     t0 = time.time()
     lat, d, n = data.lattice, data.lattice.d, data.n_particles
     dev, dt = data.device, data.dtype
@@ -192,7 +224,7 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
     it_range = range(cfg.n_iterations)
     bar = tqdm(it_range, desc="ab initio EM", disable=not progress)
     for it in bar:
-        stopping.check()
+        _stop_check(group)
         f = it / max(1, cfg.n_iterations - 1)
         radius = _lerp(cfg.radius_start_px, cfg.radius_end_px, f)
         index = index_for(radius)
@@ -213,21 +245,24 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
         if callback is not None and (it % 20 == 0 or it == cfg.n_iterations - 1):
             callback("em", dict(info, batch_index=bi, rots=res.rots[:, 0]))
         bar.set_postfix(r=f"{radius:.1f}", w=f"{info['top_weight']:.2f}")
-        if time_limit_s is not None and time.time() - t0 > 0.5 * time_limit_s:
+        if group.any(time_limit_s is not None and time.time() - t0 > 0.5 * time_limit_s):
             break
 
     # stage 2: global search of every particle at the final EM radius
     vol_h = model.volume()
     index = index_for(cfg.radius_end_px)
     shifts_f = shift_grid(cfg.max_shift_px, cfg.shift_step_fine_px, dtype=dt).to(dev)
-    rots = torch.empty(n, 3, 3, dtype=dt, device=dev)
-    shifts = torch.empty(n, 2, dtype=dt, device=dev)
-    errs = torch.empty(n, dtype=dt, device=dev)
-    for i in tqdm(range(0, n, cfg.batch_size_full), desc="global search", disable=not progress):
-        stopping.check()
-        sl = slice(i, min(n, i + cfg.batch_size_full))
-        res = global_search(*data.rows(sl), vol_h, lat, index, grid_f, shifts_f, sigma2)
-        rots[sl], shifts[sl], errs[sl] = res.rots[:, 0], res.shifts_px[:, 0], res.sq_err
+    lo, hi = group.part(n)
+    rots = torch.empty(hi - lo, 3, 3, dtype=dt, device=dev)  # this process's part, then all of them
+    shifts = torch.empty(hi - lo, 2, dtype=dt, device=dev)
+    errs = torch.empty(hi - lo, dtype=dt, device=dev)
+    for sl in tqdm(list(_batches(group, n, cfg.batch_size_full)), desc="global search", disable=not progress):
+        _stop_check(group)
+        if sl.stop > sl.start:
+            res = global_search(*data.rows(sl), vol_h, lat, index, grid_f, shifts_f, sigma2)
+            own = slice(sl.start - lo, sl.stop - lo)
+            rots[own], shifts[own], errs[own] = res.rots[:, 0], res.shifts_px[:, 0], res.sq_err
+    rots, shifts, errs = group.gather(rots, n), group.gather(shifts, n), group.gather(errs, n)
     hist.append({"stage": "global", "mean_sq_err": float(errs.mean() / index.numel()), "elapsed_s": time.time() - t0})
     if callback is not None:
         callback("global", {"rots": rots, "shifts_px": shifts})
@@ -240,23 +275,26 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
         model = _VolumeModel(d, cfg, dt, dev)
         radius = _lerp(cfg.radius_end_px, r_final, (rnd + 1) / cfg.refine_rounds)
         bp = index_for(min(d / 2, radius + 2), dc=True)
-        for i in range(0, n, cfg.batch_size_full):
-            sl = slice(i, min(n, i + cfg.batch_size_full))
-            model.acc.add(*data.rows(sl), lat, bp, rots[sl, None], shifts[sl, None])
+        _backproject_parts(model, data, group, cfg, lat, bp, rots, shifts)
         vol_h = model.volume()
         # stop refining when the next round (as long as the last one) would overrun the budget
-        if time_limit_s is not None and time.time() - t0 + last_round_s > time_limit_s:
+        if group.any(time_limit_s is not None and time.time() - t0 + last_round_s > time_limit_s):
             hist.append({"stage": "refine-skipped", "round": rnd, "elapsed_s": time.time() - t0})
             break
         t_round = time.time()
         index = index_for(radius)
         pert = perturbation_grid(step, 1, dtype=dt).to(dev)
         offs = shift_grid(sstep, sstep, dtype=dt).to(dev)
-        for i in tqdm(range(0, n, cfg.batch_size_full), desc=f"refine {rnd + 1}", disable=not progress):
-            stopping.check()
-            sl = slice(i, min(n, i + cfg.batch_size_full))
-            res = local_search(*data.rows(sl), vol_h, lat, index, rots[sl], shifts[sl], pert, offs, sigma2)
-            rots[sl], shifts[sl] = res.rots[:, 0], res.shifts_px[:, 0].clamp(-cfg.max_shift_px, cfg.max_shift_px)
+        new_r, new_s = rots[lo:hi].clone(), shifts[lo:hi].clone()
+        for sl in tqdm(list(_batches(group, n, cfg.batch_size_full)), desc=f"refine {rnd + 1}",
+                       disable=not progress):
+            _stop_check(group)
+            if sl.stop > sl.start:
+                res = local_search(*data.rows(sl), vol_h, lat, index, rots[sl], shifts[sl], pert, offs, sigma2)
+                own = slice(sl.start - lo, sl.stop - lo)
+                new_r[own] = res.rots[:, 0]
+                new_s[own] = res.shifts_px[:, 0].clamp(-cfg.max_shift_px, cfg.max_shift_px)
+        rots, shifts = group.gather(new_r, n), group.gather(new_s, n)
         last_round_s = time.time() - t_round
         hist.append({"stage": "refine", "round": rnd, "radius_px": radius, "step_deg": step, "elapsed_s": time.time() - t0})
         if callback is not None:
@@ -264,9 +302,6 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
         step, sstep = step / 2, sstep / 2
 
     model = _VolumeModel(d, cfg, dt, dev)
-    full = index_for(d / 2, dc=True)
-    for i in range(0, n, cfg.batch_size_full):
-        sl = slice(i, min(n, i + cfg.batch_size_full))
-        model.acc.add(*data.rows(sl), lat, full, rots[sl, None], shifts[sl, None])
+    _backproject_parts(model, data, group, cfg, lat, index_for(d / 2, dc=True), rots, shifts)
     vol_h = model.volume()
     return AbinitResult(rots, shifts, vol_h, hartley_volume_to_real(vol_h), hist, asdict(cfg))

@@ -26,7 +26,12 @@ def watch(requested: Callable[[], bool] | None) -> Callable[[], bool] | None:
     return before
 
 
+def requested() -> bool:
+    """Whether a stop was requested (always False without a watcher)."""
+    return _requested is not None and bool(_requested())
+
+
 def check() -> None:
     """Raise :class:`StageStopped` if a stop was requested."""
-    if _requested is not None and _requested():
+    if requested():
         raise StageStopped()

@@ -14,9 +14,12 @@ joins one process group (NCCL on GPUs, gloo on CPUs) and:
   the search and the refinement are rank 0's, sent to the others;
 * writes nothing unless it is rank 0 (outputs, checkpoints, config.yaml).
 
-The search and refinement stages run on every rank over all particles (the tables are
-then rank 0's), so they take as long as on one process; only the gradient loop is
-divided. A single process (no torchrun, or ``WORLD_SIZE=1``) uses none of this.
+The voxel pose search divides its global search, local rounds and backprojections
+between the ranks (each takes a contiguous part of the particles; the parts are joined
+with all-gathers and all-reduces, :mod:`cryofire_nb.parallel`). The heterogeneous
+refinement still runs on every rank over all particles (its tables are then rank 0's),
+so it takes as long as on one process. A single process (no torchrun, or
+``WORLD_SIZE=1``) uses none of this.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from ..parallel import part_bounds
 
 # stop reasons in order of precedence, agreed with an all-reduce of their codes
 STOP_CODES = {None: 0, "time_limit": 1, "interrupted": 2}
@@ -117,6 +122,40 @@ class Group:
         if not self.active:
             return positions
         return positions[self.rank::self.world]
+
+    # ------------------------------------------------------------------ particle-parallel stages
+
+    def part(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous part ``lo:hi`` of ``n`` particles."""
+        return part_bounds(n, self.rank, self.world)
+
+    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's part (rows ``part(n)`` of an (n, ...) array), joined in order."""
+        if not self.active:
+            return local
+        sizes = [hi - lo for lo, hi in (part_bounds(n, r, self.world) for r in range(self.world))]
+        buf = local.new_zeros((max(sizes), *local.shape[1:]), device=self.device)
+        buf[:len(local)] = local.to(self.device)
+        parts = [torch.empty_like(buf) for _ in range(self.world)]
+        dist.all_gather(parts, buf)
+        return torch.cat([p[:k] for p, k in zip(parts, sizes)]).to(local.device)
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks, in place (the same values on every rank)."""
+        if self.active:
+            u = t.to(self.device)
+            dist.all_reduce(u)
+            if u is not t:
+                t.copy_(u)
+        return t
+
+    def any(self, flag: bool) -> bool:
+        """Whether any rank has ``flag`` (the same answer on every rank)."""
+        if not self.active:
+            return bool(flag)
+        f = torch.tensor([int(bool(flag))], dtype=torch.int64, device=self.device)
+        dist.all_reduce(f, op=dist.ReduceOp.MAX)
+        return bool(f.item())
 
     # ------------------------------------------------------------------ agreement
 

@@ -367,7 +367,10 @@ class Trainer:
         hd = self._hartley_data()
         time_limit_s = None if limit_s is None else self.cfg.search_time_fraction * limit_s
         with interrupt.stage("voxel pose search"):
-            res = run_abinit(hd, acfg, time_limit_s=time_limit_s, progress=self.cfg.progress)
+            # under torchrun each process searches its part of the particles
+            shards = {"group": self.group} if self.group.active else {}
+            res = run_abinit(hd, acfg, time_limit_s=time_limit_s, progress=self.cfg.progress and self.group.is_main,
+                             **shards)
         rots = torch.as_tensor(res.rots).float().cpu().numpy()
         shifts = torch.as_tensor(res.shifts_px).float().cpu().numpy()
         if self.group.is_main:  # the search's poses of the table's particles (in table_ind.pkl's order)
