@@ -63,7 +63,8 @@ def test_a_table_on_a_subset_leaves_the_encoder_the_rest(synth, tmp_path, monkey
     monkeypatch.setattr(trainer_mod.Trainer, "_infer_seconds_per_image", lambda self: 0.01)
     cfg0 = TrainConfig(particles="p", outdir="o")
     free = (1 - cfg0.search_time_fraction) * limit_min * 60 - (5.0 + 1.25 * N * 0.01)
-    per = cfg0.hetero_time_fraction * free / (trainer_mod.HETERO_COST * m)
+    # (m + 0.5: the plan's int() of exactly m could round down to m - 1 in floating point)
+    per = cfg0.hetero_time_fraction * free / (trainer_mod.HETERO_COST * (m + 0.5))
     monkeypatch.setattr(abinit, "global_search_seconds", lambda hd, cfg: per)
     gt = read_poses(synth.poses)
     searched = {}
