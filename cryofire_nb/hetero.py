@@ -64,6 +64,7 @@ from tqdm.auto import tqdm
 from . import stopping
 from .hartley_data import HartleyData
 from .lattice import Lattice
+from .parallel import Alone
 from .projection import sample_trilinear, scatter_trilinear, slice_positions
 from .rotations import axis_angle_to_matrix, matrix_to_axis_angle, so3_grid
 from .search import (SearchResult, global_search, hartley_volume_to_real, perturbation_grid,
@@ -299,16 +300,48 @@ def local_search_basis(x: Tensor, ctf: Tensor, basis: Tensor, coef: Tensor, lat:
                         torch.ones(b, 1, dtype=x.dtype, device=x.device), e)
 
 
+def _own(group, members: Tensor, n: int) -> Tensor:
+    """Positions in ``members`` of the particles in this process's part of ``n``."""
+    lo, hi = group.part(n)
+    return torch.nonzero((members >= lo) & (members < hi)).squeeze(1)
+
+
+def _stop_agreed(group, stopped: bool) -> None:
+    """Raise :class:`stopping.StageStopped` on every process if any was asked to stop.
+    A process leaves its loop at the first request and the decision is taken together
+    after the loop, so no process waits at a collective the others skipped."""
+    if group.any(stopped):
+        raise stopping.StageStopped()
+
+
+def _join_rows(group, rows: Tensor) -> None:
+    """Every process's part of the (n, ...) array ``rows`` (the rows it updated), copied
+    in place into all processes' arrays."""
+    n = rows.shape[0]
+    lo, hi = group.part(n)
+    if group.active:
+        rows.copy_(group.gather(rows[lo:hi].contiguous(), n))
+
+
 def fit_basis(data: HartleyData, rots: Tensor, shifts_px: Tensor, coef: Tensor, members: Tensor,
-              cfg: HeteroRefineConfig, radius_px: float | None = None) -> Tensor:
-    """Basis volumes (K, m, m, m) from the particles ``members`` (indices) at their poses."""
+              cfg: HeteroRefineConfig, radius_px: float | None = None, group=None) -> Tensor:
+    """Basis volumes (K, m, m, m) from the particles ``members`` (indices) at their poses.
+    With a ``group`` (:mod:`cryofire_nb.parallel`) each process backprojects the members
+    in its part, and the sums are added over the processes before the solve."""
+    group = group or Alone()
     lat, d = data.lattice, data.lattice.d
     index = torch.nonzero(lat.mask(d / 2 if radius_px is None else radius_px, exclude_dc=False)).squeeze(1)
     acc = BasisAccumulator(d, coef.shape[1], dtype=data.dtype, device=data.device)
-    for i in range(0, len(members), cfg.batch_size):
-        stopping.check()
-        sl = members[i:i + cfg.batch_size]
+    own = members[_own(group, members, data.n_particles)]
+    stopped = False
+    for i in range(0, len(own), cfg.batch_size):
+        if stopped := stopping.requested():
+            break
+        sl = own[i:i + cfg.batch_size]
         acc.add(*data.rows(sl), lat, index, rots[sl], shifts_px[sl], coef[sl])
+    _stop_agreed(group, stopped)
+    group.sum_(acc.num)
+    group.sum_(acc.den)
     return acc.solve(cfg.reg_fraction, spherical_support(d, cfg.support_radius, data.dtype, data.device))
 
 
@@ -385,11 +418,14 @@ def pc1_bins(coef: Tensor, n_bins: int) -> Tensor:
 
 
 def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, cfg: HeteroRefineConfig,
-                  progress: bool, keep_better: bool = True) -> None:
+                  progress: bool, keep_better: bool = True, group=None) -> None:
     """Global search of each group's particles against the group's volume; ``groups``:
     [(members (n_g,), volume (m, m, m))]. Updates ``rots``/``shifts`` in place; with
     ``keep_better`` a particle keeps its current pose unless the grid finds one that fits
-    the same volume better (a coarse grid never undoes a good refinement)."""
+    the same volume better (a coarse grid never undoes a good refinement). With a
+    ``group``, each process searches the members in its part and the rows are joined."""
+    group = group or Alone()
+    groups = [(m[_own(group, m, data.n_particles)], v) for m, v in groups]
     lat, dt, dev = data.lattice, data.dtype, data.device
     index = torch.nonzero(lat.mask(cfg.global_radius_px, exclude_dc=True)).squeeze(1)
     grid = so3_grid(*cfg.grid, dtype=dt, device=dev)
@@ -397,9 +433,11 @@ def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor,
     eye = torch.eye(3, dtype=dt, device=dev)[None]
     no_offset = torch.zeros(1, 2, dtype=dt, device=dev)
     bar = tqdm(total=sum(len(m) for m, _ in groups), desc="global search", disable=not progress)
+    stopped = False
     for members, vol in groups:
-        for i in range(0, len(members), cfg.batch_size):
-            stopping.check()
+        for i in range(0, 0 if stopped else len(members), cfg.batch_size):
+            if stopped := stopping.requested():
+                break
             sl = members[i:i + cfg.batch_size]
             x, c = data.rows(sl)
             res = global_search(x, c, vol, lat, index, grid, shifts_g, 1.0)
@@ -414,21 +452,30 @@ def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor,
             rots[sl], shifts[sl] = new_r, new_s
             bar.update(len(sl))
     bar.close()
+    _stop_agreed(group, stopped)
+    _join_rows(group, rots)
+    _join_rows(group, shifts)
 
 
 def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, index: Tensor, step: float,
-                 cfg: HeteroRefineConfig, progress: bool, desc: str) -> float:
+                 cfg: HeteroRefineConfig, progress: bool, desc: str, group=None) -> float:
     """One local refinement round; ``groups``: [(members, basis (K, m, m, m), coef (n_g, K))].
-    Returns the fraction of the particles whose pose changed (rotation or shift)."""
+    Returns the fraction of the particles whose pose changed (rotation or shift). With a
+    ``group``, each process refines the members in its part and the rows are joined."""
+    group = group or Alone()
+    own = [_own(group, m, data.n_particles) for m, _, _ in groups]
+    groups = [(m[o], b, c[o]) for (m, b, c), o in zip(groups, own)]
     dt, dev = data.dtype, data.device
     pert = perturbation_grid(step, 1, dtype=dt).to(dev)
     s_step = cfg.shift_step_ratio * step
     offs = shift_grid(s_step, s_step, dtype=dt).to(dev)
     bar = tqdm(total=sum(len(m) for m, _, _ in groups), desc=desc, disable=not progress)
     moved = total = 0
+    stopped = False
     for members, basis, coef in groups:
-        for i in range(0, len(members), cfg.batch_size):
-            stopping.check()
+        for i in range(0, 0 if stopped else len(members), cfg.batch_size):
+            if stopped := stopping.requested():
+                break
             sl = members[i:i + cfg.batch_size]
             res = local_search_basis(*data.rows(sl), basis, coef[i:i + cfg.batch_size], data.lattice,
                                      index, rots[sl], shifts[sl], pert, offs)
@@ -441,7 +488,11 @@ def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, 
             shifts[sl] = new_s
             bar.update(len(sl))
     bar.close()
-    return moved / max(total, 1)
+    _stop_agreed(group, stopped)
+    _join_rows(group, rots)
+    _join_rows(group, shifts)
+    counts = group.sum_(torch.tensor([moved, total], dtype=torch.float64, device=dev))
+    return float(counts[0]) / max(float(counts[1]), 1.0)
 
 
 def _unsettled(cfg: HeteroRefineConfig, rnd: int, moved: float) -> bool:
@@ -452,12 +503,14 @@ def _unsettled(cfg: HeteroRefineConfig, rnd: int, moved: float) -> bool:
 
 
 def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Tensor, members: Tensor,
-                     prior: float, batch_size: int = 512) -> Tensor:
+                     prior: float, batch_size: int = 512, group=None) -> Tensor:
     """Scores (n_m, K - 1) of the particles ``members`` that best explain each image
     with its pose: ``argmin_a |x - c (S_0 + sum_j a_j S_j)|^2 + prior |a|^2`` over the
     whole disc (closed form, a K-1 x K-1 solve per image): the conformation read off the
     image through the volume model, as an autodecoder would, rather than through the
-    encoder."""
+    encoder. With a ``group``, each process reads the members in its part; the rows of
+    the others are zero there, so a sum over the processes joins them."""
+    group = group or Alone()
     lat, d = data.lattice, data.lattice.d
     index = torch.nonzero(lat.mask(d / 2, exclude_dc=True)).squeeze(1)
     q = basis.shape[0] - 1
@@ -465,16 +518,21 @@ def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Ten
     if q == 0:
         return out
     eye = prior * torch.eye(q, dtype=data.dtype, device=data.device)
-    for i in range(0, len(members), batch_size):
-        stopping.check()
-        sl = members[i:i + batch_size]
+    own = _own(group, members, data.n_particles)
+    stopped = False
+    for i in range(0, len(own), batch_size):
+        if stopped := stopping.requested():
+            break
+        rows = own[i:i + batch_size]
+        sl = members[rows]
         x, c = data.rows(sl)
         cs = c[:, index, None] * basis_slices(basis, lat, rots[sl], index)  # (b, n, K)
         xs = shifted_images(x, lat, shifts[sl][:, None], index)[:, 0]
         a = torch.einsum("bnk,bnl->bkl", cs[..., 1:], cs[..., 1:]) + eye
         rhs = torch.einsum("bnk,bn->bk", cs[..., 1:], xs - cs[..., 0])
-        out[i:i + batch_size] = torch.linalg.solve(a, rhs[..., None])[..., 0]
-    return out
+        out[rows] = torch.linalg.solve(a, rhs[..., None])[..., 0]
+    _stop_agreed(group, stopped)
+    return group.sum_(out)
 
 
 def search_basis(data: HartleyData, basis: Tensor, coef: Tensor, cfg: HeteroRefineConfig | None = None,
@@ -535,7 +593,7 @@ def search_basis(data: HartleyData, basis: Tensor, coef: Tensor, cfg: HeteroRefi
 
 def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig | None = None,
                   progress: bool = True, time_limit_s: float | None = None,
-                  monitor=None) -> HeteroRefineResult:
+                  monitor=None, group=None) -> HeteroRefineResult:
     """Refine poses ``rots`` (N, 3, 3), ``shifts_px`` (N, 2) of ``data`` against
     conformation-dependent volumes built from ``z`` (N, k) (see the module docstring).
 
@@ -543,8 +601,12 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
     ``cfg.min_local_rounds`` is skipped when the previous one's duration plus a final gauge
     fix would overrun it (the global stage and those first rounds always run). ``monitor(rots, shifts) -> dict``, if given, is called after every
     local round and its entries recorded in the round's history (e.g. errors against a
-    ground truth)."""
+    ground truth). ``group`` (:mod:`cryofire_nb.parallel`, under torchrun) divides the
+    particles between the processes: each searches, refines, reads the scores of and
+    backprojects its part; the rows are joined and the backprojection sums added, and the
+    time-limit decisions are taken together, so every process ends with the same result."""
     cfg = cfg or HeteroRefineConfig()
+    group = group or Alone()
     t0 = time.time()
     dev, dt = data.device, data.dtype
     lat, d, n = data.lattice, data.lattice.d, data.n_particles
@@ -563,7 +625,7 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
     hist: list[dict] = []
 
     def other_half_bases() -> list[Tensor]:
-        return [fit_basis(data, rots, shifts, coef, halves[1 - h], cfg) for h in (0, 1)]
+        return [fit_basis(data, rots, shifts, coef, halves[1 - h], cfg, group=group) for h in (0, 1)]
 
     def update_latents() -> list[Tensor]:
         """Scores of each half from the other half's basis, re-standardised; returns the
@@ -574,7 +636,8 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
             return bases
         lat_ = torch.empty(n, coef.shape[1] - 1, dtype=dt, device=dev)
         for h in (0, 1):
-            lat_[halves[h]] = estimate_latents(data, bases[h], rots, shifts, halves[h], cfg.latent_prior)
+            lat_[halves[h]] = estimate_latents(data, bases[h], rots, shifts, halves[h], cfg.latent_prior,
+                                               group=group)
         pcs = pc_map(lat_.cpu().numpy(), coef.shape[1] - 1)
         coef = pcs.coefficients(lat_.cpu().numpy()).to(device=dev, dtype=dt)
         return other_half_bases()
@@ -588,7 +651,7 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
                 members = halves[h][bin_of[halves[h]] == b_]
                 if len(members):
                     groups.append((members, volume_at(bases[h], coef[members].mean(0))))
-        _global_stage(data, groups, rots, shifts, cfg, progress)
+        _global_stage(data, groups, rots, shifts, cfg, progress, group=group)
         hist.append({"stage": "global", "radius_px": cfg.global_radius_px, "elapsed_s": time.time() - t0})
 
     gauge_s = 0.0  # duration of a gauge fix, kept free of local rounds at the end
@@ -597,7 +660,7 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         nonlocal rots, gauge_s
         if cfg.gauge != "none" and coef.shape[1] > 1:
             t_g = time.time()
-            basis_all = fit_basis(data, rots, shifts, coef, torch.arange(n, device=dev), cfg)
+            basis_all = fit_basis(data, rots, shifts, coef, torch.arange(n, device=dev), cfg, group=group)
             rots = rots @ gauge_rotations(basis_all, coef, cfg.n_bins, cfg.gauge == "robust").transpose(1, 2)
             gauge_s = time.time() - t_g
             hist.append({"stage": "gauge", "elapsed_s": time.time() - t0})
@@ -608,15 +671,15 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
     index = torch.nonzero(lat.mask(radius, exclude_dc=True)).squeeze(1)
     last = 0.0
     for rnd, step in enumerate(cfg.refine_steps_deg):
-        if time_limit_s is not None and rnd >= cfg.min_local_rounds and \
-                time.time() - t0 + last + gauge_s > time_limit_s:
+        if group.any(time_limit_s is not None and rnd >= cfg.min_local_rounds
+                     and time.time() - t0 + last + gauge_s > time_limit_s):
             hist.append({"stage": "local-skipped", "round": rnd, "elapsed_s": time.time() - t0})
             break
         t_r = time.time()
         bases = update_latents()
         before = (rots.clone(), shifts.clone())
         moved = _local_round(data, [(halves[h], bases[h], coef[halves[h]]) for h in (0, 1)], rots, shifts, index,
-                             step, cfg, progress, f"hetero refine {rnd + 1} ({step:g} deg)")
+                             step, cfg, progress, f"hetero refine {rnd + 1} ({step:g} deg)", group=group)
         last = time.time() - t_r
         entry = {"stage": "local", "round": rnd, "step_deg": step, "radius_px": radius,
                  "moved_fraction": round(moved, 4), "elapsed_s": time.time() - t0}
@@ -630,10 +693,11 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         hist.append(entry)
     fix_gauge()
     everyone = torch.arange(n, device=dev)
-    basis = fit_basis(data, rots, shifts, coef, everyone, cfg)
+    basis = fit_basis(data, rots, shifts, coef, everyone, cfg, group=group)
     if cfg.estimate_latents and coef.shape[1] > 1:  # final scores from the basis of all particles
-        latents = estimate_latents(data, basis, rots, shifts, everyone, cfg.latent_prior).cpu().numpy()
+        latents = estimate_latents(data, basis, rots, shifts, everyone, cfg.latent_prior,
+                                   group=group).cpu().numpy()
         pcs = pc_map(latents, coef.shape[1] - 1)
         coef = pcs.coefficients(latents).to(device=dev, dtype=dt)
-        basis = fit_basis(data, rots, shifts, coef, everyone, cfg)
+        basis = fit_basis(data, rots, shifts, coef, everyone, cfg, group=group)
     return HeteroRefineResult(rots, shifts, coef, basis, pcs, hist, asdict(cfg))

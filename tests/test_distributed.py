@@ -118,6 +118,72 @@ def test_run_abinit_divided_between_two_processes_follows_one(tmp_path):
     assert np.abs(r0["vol"] - vol).max() < 1e-4 * np.abs(vol).max()
 
 
+HETERO_WORKER = """
+import pickle
+import sys
+import numpy as np
+import torch
+from cryofire_nb.hartley_data import HartleyData
+from cryofire_nb.hetero import HeteroRefineConfig, hetero_refine
+from cryofire_nb.io import read_ctf, read_mrc, read_poses
+from cryofire_nb.parallel import Alone
+from cryofire_nb.rotations import axis_angle_to_matrix
+from cryofire_nb.train.distributed import Group
+
+particles, ctf, poses, conf, out, mode = sys.argv[1:7]
+group = Group.from_env(torch.device("cpu")) if mode == "two" else Alone()
+hd = HartleyData.from_images(np.asarray(read_mrc(particles).data), read_ctf(ctf).table)
+gt = read_poses(poses)
+d = hd.lattice.d
+g = torch.Generator().manual_seed(4)
+aa = torch.randn(len(gt.rots), 3, generator=g, dtype=torch.float64)
+aa = aa / aa.norm(dim=1, keepdim=True) * np.radians(12.0)
+start = (axis_angle_to_matrix(aa) @ torch.as_tensor(gt.rots).double()).float()
+shifts = torch.as_tensor(gt.shift_px(d)).float() + 0.5
+t = np.asarray(pickle.load(open(conf, "rb")), dtype=np.float64)
+z = np.stack([t + 0.1 * np.random.default_rng(1).standard_normal(len(t)), np.zeros(len(t))], 1)
+cfg = HeteroRefineConfig(n_components=1, global_search=True, grid=(100, 12), n_bins=2, refine_steps_deg=(8.0, 4.0),
+                         batch_size=32, seed=6)
+res = hetero_refine(hd, start, shifts, z, cfg, progress=False, group=None if mode == "one" else group)
+np.savez(f"{out}_{mode}_{group.rank}.npz", rots=res.rots.numpy(), shifts=res.shifts_px.numpy(),
+         coef=res.coefficients.numpy(), basis=res.basis.numpy(),
+         stages=np.array([h["stage"] for h in res.history]))
+if mode == "two":
+    group.close()
+"""
+
+
+def test_hetero_refine_divided_between_two_processes_follows_one(tmp_path):
+    """The heterogeneous refinement (global stage, local rounds, scores read through the
+    basis, gauge fixes) on two gloo processes, each its part of an odd number of
+    particles: both ranks end with the same tables and basis, and these follow a
+    one-process run (the joined backprojection sums differ from one process's only in
+    the order of floating-point additions)."""
+    small = make_synthetic_set(tmp_path / "set", n=161, d=16, n_levels=5, snr=3.0, motion_px=4, seed=8)
+    script = tmp_path / "worker.py"
+    script.write_text(HETERO_WORKER)
+    args = [str(small.particles), str(small.ctf), str(small.poses), str(small.conf), str(tmp_path / "out")]
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), *args, "two"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(script), *args, "one"], env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    r0, r1, o = (np.load(tmp_path / f"out_{m}.npz") for m in ("two_0", "two_1", "one_0"))
+    for key in ("rots", "shifts", "coef", "basis"):
+        np.testing.assert_array_equal(r0[key], r1[key])  # every rank holds the same tables
+    assert list(r0["stages"]) == list(o["stages"]) and "global" in list(o["stages"])
+    assert r0["rots"].shape == (161, 3, 3)
+    cos = (np.einsum("nij,nij->n", o["rots"], r0["rots"]) - 1) / 2
+    angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    # measured: every particle within 0.05 deg, shifts equal, scores and basis within 5e-7
+    # of their peaks
+    assert (angle < 0.1).mean() >= 0.95, np.sort(angle)[-10:]
+    assert np.abs(o["shifts"] - r0["shifts"]).max(1).mean() < 0.02  # pixels, averaged over the particles
+    assert np.abs(o["coef"] - r0["coef"]).max() < 1e-2 * np.abs(o["coef"]).max()
+    assert np.abs(o["basis"] - r0["basis"]).max() < 1e-3 * np.abs(o["basis"]).max()
+
+
 @pytest.mark.slow
 def test_the_pose_search_is_divided_between_two_processes_and_matches_one(synth, tmp_path):
     """The default (table) method: each process searches its half of the particles, the
@@ -145,4 +211,15 @@ def test_the_pose_search_is_divided_between_two_processes_and_matches_one(synth,
     assert np.median(angle) < 0.5, np.median(angle)
     assert (angle < 1).mean() >= 0.9, (angle < 1).mean()
     assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["world_size"] == 2
-    assert read_poses(tmp_path / "two" / "poses.pkl").rots.shape == (N, 3, 3)
+    # the heterogeneous refinement is divided too: the run's table follows the one-process table
+    t1, t2 = (read_poses(p / "poses.pkl") for p in (tmp_path / "one", tmp_path / "two"))
+    assert t2.rots.shape == (N, 3, 3)
+    cos = (np.einsum("nij,nij->n", t1.rots, t2.rots) - 1) / 2
+    angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    print("table: median", np.median(angle), "fraction < 1 deg", (angle < 1).mean())
+    assert np.median(angle) < 0.5 and (angle < 1).mean() >= 0.9, (np.median(angle), (angle < 1).mean())
+    # the encoder's pass over all particles is divided between the processes and gathered in order
+    e1, e2 = (read_poses(p / "encoder_poses.pkl") for p in (tmp_path / "one", tmp_path / "two"))
+    assert e2.rots.shape == (N, 3, 3)
+    h2 = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert any("heterogeneous" in str(e) or "stages" in e for e in h2["events"])

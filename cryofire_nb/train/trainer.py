@@ -46,7 +46,7 @@ from .distributed import Group
 from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig
 from .data import GroundTruth, ParticleData
-from .infer import autocast_for, infer_dataset
+from .infer import Inferred, autocast_for, infer_dataset
 from .presets import apply_preset
 from .monitor import EvalEntry, History, LogEntry, eval_entry, gt_metrics
 from .outputs import RunOutputs, write_config, write_outputs
@@ -314,7 +314,8 @@ class Trainer:
             return None
         from ..abinit import global_search_seconds
 
-        per = global_search_seconds(hd(), acfg)
+        # the search's particles are divided between the processes (one process's rate, measured here)
+        per = global_search_seconds(hd(), acfg) / self.group.world
         hetero = cfg.pose_table and cfg.hetero_refine
         # the final pass over all particles (with a latent table, one encoder pass) is kept free
         final = self._pass_seconds((1 if hetero else 2) * n)
@@ -394,8 +395,9 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _share_tables(self) -> None:
-        """With torchrun: rank 0's pose and latent tables and volume on every rank (the
-        search and refinement run on every rank but stop on their own clocks)."""
+        """With torchrun: rank 0's pose and latent tables and volume on every rank. The
+        divided search and refinement already leave every rank the same tables; this makes
+        the agreement explicit, whatever a stage's floating-point sums did."""
         if not self.group.active:
             return
         self.targets, self.z_table = self.group.from_main((self.targets, self.z_table))
@@ -498,8 +500,8 @@ class Trainer:
         known = self.known if table is None else table
         encoder = None
         if table is not None:  # the encoder's own (amortised) poses, as `infer` would give on new particles
-            encoder = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), radius_px=radius,
-                                    amp=self.amp, progress=cfg.progress)
+            encoder = self._infer_parts(batch_size=max(cfg.batch_size, 256), radius_px=radius, amp=self.amp,
+                                        progress=cfg.progress)
         if table is not None and self.z_table is not None:
             # poses and z are the tables: no encoder pass needed (outputs use rots, shifts and z only)
             inferred = dataclasses.replace(encoder, rots=table[0].astype(np.float32),
@@ -507,10 +509,9 @@ class Trainer:
                                            mirrored=np.zeros(self.n, dtype=bool),
                                            loss=np.full(self.n, np.nan, dtype=np.float32), seconds=0.0)
         else:
-            inferred = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), radius_px=radius,
-                                     known=known, pose_only_active=self.pose_only.active(st.images_seen),
-                                     amp=self.amp, progress=cfg.progress,
-                                     positions=None if table is None else self.table_index)
+            inferred = self._infer_parts(batch_size=max(cfg.batch_size, 256), radius_px=radius, known=known,
+                                         pose_only_active=self.pose_only.active(st.images_seen), amp=self.amp,
+                                         progress=cfg.progress, positions=None if table is None else self.table_index)
         if len(self.holdout) and self.targets is not None:
             self._score_holdout()
             h = self.history.holdout[-1]
@@ -573,8 +574,28 @@ class Trainer:
 
     def _pass_seconds(self, images: int) -> float:
         """Time kept for encoder passes over ``images`` particles (a quarter more than
-        the timed rate, and 5 s for writing the outputs)."""
-        return 5.0 + 1.25 * images * self._infer_seconds_per_image()
+        the timed rate, and 5 s for writing the outputs); under torchrun every process
+        encodes its part of them (:meth:`_infer_parts`)."""
+        return 5.0 + 1.25 * images * self._infer_seconds_per_image() / self.group.world
+
+    def _infer_parts(self, positions=None, progress: bool = False, **kw) -> Inferred:
+        """:func:`infer_dataset` over ``positions`` (default all particles), in order.
+        Under torchrun each process encodes a contiguous part of them and the rows are
+        gathered, so every process holds the whole result (a pass over all particles
+        takes 1/world of the time)."""
+        g = self.group
+        pos = np.arange(self.n) if positions is None else np.asarray(positions, dtype=np.int64)
+        if not g.active or len(pos) < g.world:
+            return infer_dataset(self.model, self.data, positions=positions, progress=progress, **kw)
+        lo, hi = g.part(len(pos))
+        part = infer_dataset(self.model, self.data, positions=pos[lo:hi], progress=progress and g.is_main, **kw)
+
+        def join(a: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(np.ascontiguousarray(a.astype(np.uint8) if a.dtype == bool else a))
+            return g.gather(t, len(pos)).numpy().astype(a.dtype)
+
+        return Inferred(join(part.rots), join(part.shift_px), join(part.z), join(part.mirrored), join(part.loss),
+                        part.seconds)
 
     def _final_seconds(self) -> float:
         """Time the final passes will take: one over all particles, and in a table run
@@ -776,8 +797,8 @@ class Trainer:
         t_start = time.perf_counter()
         idx = self.table_index  # the table's particles (None: all)
         pos = np.arange(self.n) if idx is None else idx
-        inf = infer_dataset(self.model, self.data, batch_size=max(cfg.batch_size, 256), known=self.targets,
-                            positions=idx, amp=self.amp)
+        inf = self._infer_parts(batch_size=max(cfg.batch_size, 256), known=self.targets, positions=idx,
+                                amp=self.amp)
         budget = None
         if limit_s is not None:  # a share of the time left before the final pass's
             final = self._pass_seconds(self.n) if self._infer_s is not None else 0.0  # one pass after it
@@ -800,7 +821,8 @@ class Trainer:
                                     torch.as_tensor(self.targets[1][pos]), inf.z,
                                     HeteroRefineConfig.for_box(self.d, cfg.max_shift_px, n_components=n_basis,
                                                                global_search=cfg.hetero_global, seed=cfg.seed),
-                                    progress=cfg.progress, time_limit_s=budget, monitor=monitor)
+                                    progress=cfg.progress and self.group.is_main, time_limit_s=budget,
+                                    monitor=monitor, group=self.group if self.group.active else None)
             except stopping.StageStopped:  # stopped part-way: the table stays as before; a resumed run refines
                 print("heterogeneous refinement stopped part-way by a signal: the pose table is the one it started "
                       "from", flush=True)
