@@ -1,7 +1,8 @@
 """How a particle-parallel stage shares its work between processes.
 
-The pose search's global and local stages treat each particle on its own against one
-volume, and the volume is a sum over particles. Under ``torchrun`` every process takes a
+The pose search's global and local stages and the heterogeneous refinement treat each
+particle on its own against one volume (or its own combination of basis volumes), and
+the volumes are sums over particles. Under ``torchrun`` every process takes a
 contiguous part of the particles, sums its part of the backprojection, and the parts are
 joined with collectives (:class:`cryofire_nb.train.distributed.Group`). A stage written
 against this interface runs the same on one process, where :class:`Alone` makes every
