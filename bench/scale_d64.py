@@ -103,10 +103,13 @@ def main() -> None:
     ap.add_argument("--infer-only", action="store_true",
                     help="run only infer --lazy, on the run folders an earlier train left in --out; the "
                          "entries are added to the result file's earlier runs")
+    ap.add_argument("--train-only", action="store_true",
+                    help="run only train --lazy (infer over the same size measured before); the entries are "
+                         "added to the result file's earlier runs")
     args = ap.parse_args()
     python = sys.executable
     runs = []
-    if args.infer_only and args.result.exists():
+    if (args.infer_only or args.train_only) and args.result.exists():
         runs = json.loads(args.result.read_text())["runs"]
     for case in args.case:
         copies, minutes = case.split(":")
@@ -133,6 +136,10 @@ def main() -> None:
         train["time_limit_s"] = float(minutes) * 60
         train["within_limit"] = train["wall_s"] <= train["time_limit_s"]
         train["files_written"] = sorted(p.name for p in run.iterdir()) if run.exists() else []
+        if args.train_only:
+            runs.append({"particles": n, "commit": commit, "train_only": True, "train": train})
+            write_result(args.result, runs)
+            continue
         infer = watch([python, "-m", "cryofire_nb", "infer", str(run), str(lst), "--ctf", str(ctf), "--lazy",
                        "-o", str(run / "infer")], args.out / f"infer_n{n}.log", 7200)
         infer["files_written"] = sorted(p.name for p in (run / "infer").iterdir()) if (run / "infer").exists() else []
