@@ -14,9 +14,10 @@ of its own standard deviation, the same draw for every process count. Accuracy: 
 view-direction error of the search's and the refinement's poses against the simulated
 ones, and |Spearman| of the refinement's PC1 score against the simulated conformation.
 On a CPU the cores are shared: P processes get ``threads // P`` threads each, so the
-comparison is at equal hardware.
+comparison is at equal hardware; ``--one-thread`` adds one process of one thread, which
+separates the gain of the split from the cost of a process's threads sharing its work.
 
-    .venv/bin/python bench/torchrun_table.py [--procs 1 2] [--n 3000] [--threads 2]
+    .venv/bin/python bench/torchrun_table.py [--procs 1 2] [--n 3000] [--threads 2] [--one-thread]
 """
 
 from __future__ import annotations
@@ -100,13 +101,15 @@ def run(data: Path, out: Path, procs: int, threads: int, device: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     worker = out / "worker.py"
     worker.write_text(WORKER)
-    result = out / f"p{procs}.json"
+    result = out / "result.json"
+    load_before = os.getloadavg()
     t0 = time.time()
     res = subprocess.run([*launcher, str(worker), str(data), str(result), device], env=env, capture_output=True,
                          text=True, cwd=REPO)
     if res.returncode != 0:
         raise SystemExit(f"{procs} process(es) failed:\n{res.stderr[-3000:]}")
     return {"processes": procs, "threads_per_process": per, "wall_s": round(time.time() - t0, 1),
+            "load_average_before": [round(x, 2) for x in load_before],
             **json.loads(result.read_text())}
 
 
@@ -116,11 +119,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3000, help="particles simulated")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--one-thread", action="store_true",
+                    help="also one process of one thread: what a process's own threads give, apart from the split")
     ap.add_argument("-o", "--out", type=Path, default=HERE / "out" / "torchrun_table")
     ap.add_argument("--result", type=Path, default=HERE / "results" / "torchrun_table_cpu.json")
     args = ap.parse_args()
     data = simulate(args.out / f"data_n{args.n}", args.n)
     runs = [run(data, args.out / f"p{p}", p, args.threads, args.device) for p in args.procs]
+    if args.one_thread:
+        runs.append(run(data, args.out / "p1_t1", 1, 1, args.device))
     for r in runs:
         for stage in ("search", "hetero"):
             r[f"{stage}_speed_ratio_to_first"] = round(runs[0][f"{stage}_s"] / r[f"{stage}_s"], 3)
