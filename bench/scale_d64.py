@@ -59,7 +59,7 @@ def watch(cmd: list[str], log: Path, timeout_s: float) -> dict:
                 f.write(chunk)
                 s = chunk.decode(errors="replace")
                 first["output"] = first["output"] if first["output"] is not None else now
-                if first["progress"] is None and re.search(r"(it|img|chunk)/s|s/(it|chunk|img)", s):
+                if first["progress"] is None and re.search(r"(it|img|chunk|batch)/s|s/(it|chunk|img|batch)", s):
                     first["progress"] = now
                 text.append(s)
 
