@@ -148,11 +148,6 @@ class HartleyData:
         out._n = len(index)
         return out
 
-    def subset(self, sel) -> "HartleyData":
-        """A resident HartleyData of the particles ``sel``."""
-        x, ctf = self.rows(sel)
-        return HartleyData(self.lattice, self.norm_std, self.pixel_size_angstrom, len(x), x=x, ctf=ctf)
-
     def _positions(self, sel) -> np.ndarray:
         if isinstance(sel, slice):
             return np.arange(self._n)[sel]

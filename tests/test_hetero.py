@@ -188,7 +188,7 @@ def test_search_basis_finds_poses_and_scores_of_particles_outside_the_basis(hete
     coef = pcs.coefficients(t[:, None])
     basis = fit_basis(hd, torch.as_tensor(gt.rots).float(), torch.as_tensor(gt.shift_px(D)).float(), coef, a_idx,
                       HeteroRefineConfig(n_components=1))
-    new = hd.subset(b_idx)
+    new = hd.view(b_idx).resident()
     noisy = coef[b_idx].clone()
     noisy[:, 1] += 1.5 * torch.randn(len(b_idx), generator=torch.Generator().manual_seed(4))
     rho0 = spearmanr(noisy[:, 1].numpy(), t[bi])[0]
