@@ -63,6 +63,11 @@ def test_two_processes_finish_write_once_and_follow_one_process(synth, tmp_path)
     worst = max(float((w1[k] - w2[k]).abs().max() / (w1[k].abs().max() + 1e-12)) for k in w1
                 if w1[k].is_floating_point())
     assert worst < 1e-2, worst  # 1e-4 measured; a rank training alone on its half is off by far more
+    # the final encoder pass is divided between the processes and gathered in the particles' order
+    p1, p2 = (read_poses(p / "poses.pkl") for p in (tmp_path / "one", out))
+    cos = (np.einsum("nij,nij->n", p1.rots, p2.rots) - 1) / 2
+    angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    assert np.median(angle) < 1.0, np.median(angle)  # measured: 0.0, 90% within 0.03 deg
 
 
 WORKER = """
@@ -216,7 +221,7 @@ def test_the_pose_search_is_divided_between_two_processes_and_matches_one(synth,
     assert t2.rots.shape == (N, 3, 3)
     cos = (np.einsum("nij,nij->n", t1.rots, t2.rots) - 1) / 2
     angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
-    print("table: median", np.median(angle), "fraction < 1 deg", (angle < 1).mean())
+    # measured: median 0.0, every particle within 1 deg
     assert np.median(angle) < 0.5 and (angle < 1).mean() >= 0.9, (np.median(angle), (angle < 1).mean())
     # the encoder's pass over all particles is divided between the processes and gathered in order
     e1, e2 = (read_poses(p / "encoder_poses.pkl") for p in (tmp_path / "one", tmp_path / "two"))
