@@ -262,6 +262,15 @@ def test_pkl_mutations_read_or_input_error(seeds, tmp_path, name, n_examples):
                  lambda data: _check_mutated(tmp_path, name, read, data, seeds[name], baseline))
 
 
+@pytest.mark.parametrize("at", [319, 322])
+def test_latents_whose_logvar_is_garbled_are_an_input_error(seeds, tmp_path, at):
+    """Two mutations the slow budget found: a byte inserted into the second pickle of a
+    (mu, logvar) z.pkl turns logvar into a one-element array or into text; reading it
+    raised numpy's ValueError instead of the package's input error."""
+    data = apply_edits(seeds["z.pkl"], [("insert", at, b".")])
+    assert reads_or_input_error(tmp_path / "z.pkl", data, PKL_READERS["z.pkl"]) is None
+
+
 ANY_READERS = {"x.mrcs": stack_reader, "x.star": star_reader, "x.cs": cs_reader, "x.pkl": load_pickles,
                "x.txt": lambda p: ImageSource(p)}
 

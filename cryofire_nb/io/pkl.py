@@ -251,6 +251,14 @@ def load_pickles(path: str | Path) -> list:
     return objects
 
 
+def _numeric(path: Path, arr: np.ndarray, what: str) -> np.ndarray:
+    """``arr`` if it holds numbers (booleans, integers or floats), else an InputError."""
+    if arr.dtype.kind not in "biuf":
+        raise InputError(path, f"{what} hold {arr.dtype} values, not numbers", "pass a z.pkl written by "
+                         "cryofire-nb or cryoDRGN")
+    return arr
+
+
 def _array(path: Path, obj, what: str) -> np.ndarray:
     try:
         if hasattr(obj, "detach"):  # torch tensor
@@ -322,17 +330,18 @@ def read_latents(path: str | Path, n_expected: int | None = None) -> Latents:
     """Read latents: one pickle ``z (n, k)`` or two consecutive pickles ``mu``, ``logvar``."""
     path = Path(path)
     objs = load_pickles(path)
-    mu = _array(path, objs[0], "latents")
+    mu = _numeric(path, _array(path, objs[0], "latents"), "latents")
     if mu.ndim == 1:
         mu = mu[:, None]
     if mu.ndim != 2:
         raise InputError(path, f"latents have shape {mu.shape}, expected (n, zdim)", "pass a z.pkl")
     logvar = None
     if len(objs) > 1:
-        logvar = _array(path, objs[1], "latent log-variances").reshape(-1, *mu.shape[1:])
-        if logvar.shape != mu.shape:
+        logvar = _numeric(path, _array(path, objs[1], "latent log-variances"), "latent log-variances")
+        if logvar.size != mu.size:
             raise InputError(path, f"second pickle (logvar) has shape {logvar.shape}, expected {mu.shape}",
                              "pass a z.pkl")
+        logvar = logvar.reshape(mu.shape)
     check_count(path, mu.shape[0], n_expected, "latent file")
     validate.check_latents(mu, path)
     return Latents(mu, logvar)
