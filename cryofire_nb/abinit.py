@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from . import stopping
 from .hartley_data import HartleyData
-from .parallel import Alone
+from .parallel import Alone, stop_together
 from .rotations import random_rotations, so3_grid
 from .search import (Accumulator, global_search, hartley_volume_to_real, local_search,
                      perturbation_grid, real_to_hartley_volume, shift_grid, spherical_support)
@@ -162,8 +162,7 @@ def global_search_seconds(data: HartleyData, cfg: AbinitConfig | None = None) ->
 
 def _stop_check(group) -> None:
     """:func:`stopping.check`, agreed between processes (all stop at the same batch)."""
-    if group.any(stopping.requested()):
-        raise stopping.StageStopped()
+    stop_together(group, stopping.requested())
 
 
 def _batches(group, n: int, size: int):

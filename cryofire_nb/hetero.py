@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from . import stopping
 from .hartley_data import HartleyData
 from .lattice import Lattice
-from .parallel import Alone
+from .parallel import Alone, join_rows, own_positions, stop_together
 from .projection import sample_trilinear, scatter_trilinear, slice_positions
 from .rotations import axis_angle_to_matrix, matrix_to_axis_angle, so3_grid
 from .search import (SearchResult, global_search, hartley_volume_to_real, perturbation_grid,
@@ -300,29 +300,6 @@ def local_search_basis(x: Tensor, ctf: Tensor, basis: Tensor, coef: Tensor, lat:
                         torch.ones(b, 1, dtype=x.dtype, device=x.device), e)
 
 
-def _own(group, members: Tensor, n: int) -> Tensor:
-    """Positions in ``members`` of the particles in this process's part of ``n``."""
-    lo, hi = group.part(n)
-    return torch.nonzero((members >= lo) & (members < hi)).squeeze(1)
-
-
-def _stop_agreed(group, stopped: bool) -> None:
-    """Raise :class:`stopping.StageStopped` on every process if any was asked to stop.
-    A process leaves its loop at the first request and the decision is taken together
-    after the loop, so no process waits at a collective the others skipped."""
-    if group.any(stopped):
-        raise stopping.StageStopped()
-
-
-def _join_rows(group, rows: Tensor) -> None:
-    """Every process's part of the (n, ...) array ``rows`` (the rows it updated), copied
-    in place into all processes' arrays."""
-    n = rows.shape[0]
-    lo, hi = group.part(n)
-    if group.active:
-        rows.copy_(group.gather(rows[lo:hi].contiguous(), n))
-
-
 def fit_basis(data: HartleyData, rots: Tensor, shifts_px: Tensor, coef: Tensor, members: Tensor,
               cfg: HeteroRefineConfig, radius_px: float | None = None, group=None) -> Tensor:
     """Basis volumes (K, m, m, m) from the particles ``members`` (indices) at their poses.
@@ -332,14 +309,14 @@ def fit_basis(data: HartleyData, rots: Tensor, shifts_px: Tensor, coef: Tensor, 
     lat, d = data.lattice, data.lattice.d
     index = torch.nonzero(lat.mask(d / 2 if radius_px is None else radius_px, exclude_dc=False)).squeeze(1)
     acc = BasisAccumulator(d, coef.shape[1], dtype=data.dtype, device=data.device)
-    own = members[_own(group, members, data.n_particles)]
+    own = members[own_positions(group, members, data.n_particles)]
     stopped = False
     for i in range(0, len(own), cfg.batch_size):
         if stopped := stopping.requested():
             break
         sl = own[i:i + cfg.batch_size]
         acc.add(*data.rows(sl), lat, index, rots[sl], shifts_px[sl], coef[sl])
-    _stop_agreed(group, stopped)
+    stop_together(group, stopped)
     group.sum_(acc.num)
     group.sum_(acc.den)
     return acc.solve(cfg.reg_fraction, spherical_support(d, cfg.support_radius, data.dtype, data.device))
@@ -425,7 +402,7 @@ def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor,
     the same volume better (a coarse grid never undoes a good refinement). With a
     ``group``, each process searches the members in its part and the rows are joined."""
     group = group or Alone()
-    groups = [(m[_own(group, m, data.n_particles)], v) for m, v in groups]
+    groups = [(m[own_positions(group, m, data.n_particles)], v) for m, v in groups]
     lat, dt, dev = data.lattice, data.dtype, data.device
     index = torch.nonzero(lat.mask(cfg.global_radius_px, exclude_dc=True)).squeeze(1)
     grid = so3_grid(*cfg.grid, dtype=dt, device=dev)
@@ -435,7 +412,7 @@ def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor,
     bar = tqdm(total=sum(len(m) for m, _ in groups), desc="global search", disable=not progress)
     stopped = False
     for members, vol in groups:
-        for i in range(0, 0 if stopped else len(members), cfg.batch_size):
+        for i in range(0, len(members), cfg.batch_size):
             if stopped := stopping.requested():
                 break
             sl = members[i:i + cfg.batch_size]
@@ -451,10 +428,12 @@ def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor,
                 new_s = torch.where(better[:, None], new_s, shifts[sl])
             rots[sl], shifts[sl] = new_r, new_s
             bar.update(len(sl))
+        if stopped:
+            break
     bar.close()
-    _stop_agreed(group, stopped)
-    _join_rows(group, rots)
-    _join_rows(group, shifts)
+    stop_together(group, stopped)
+    join_rows(group, rots)
+    join_rows(group, shifts)
 
 
 def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, index: Tensor, step: float,
@@ -463,7 +442,7 @@ def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, 
     Returns the fraction of the particles whose pose changed (rotation or shift). With a
     ``group``, each process refines the members in its part and the rows are joined."""
     group = group or Alone()
-    own = [_own(group, m, data.n_particles) for m, _, _ in groups]
+    own = [own_positions(group, m, data.n_particles) for m, _, _ in groups]
     groups = [(m[o], b, c[o]) for (m, b, c), o in zip(groups, own)]
     dt, dev = data.dtype, data.device
     pert = perturbation_grid(step, 1, dtype=dt).to(dev)
@@ -473,7 +452,7 @@ def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, 
     moved = total = 0
     stopped = False
     for members, basis, coef in groups:
-        for i in range(0, 0 if stopped else len(members), cfg.batch_size):
+        for i in range(0, len(members), cfg.batch_size):
             if stopped := stopping.requested():
                 break
             sl = members[i:i + cfg.batch_size]
@@ -487,10 +466,12 @@ def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, 
             rots[sl] = res.rots[:, 0]
             shifts[sl] = new_s
             bar.update(len(sl))
+        if stopped:
+            break
     bar.close()
-    _stop_agreed(group, stopped)
-    _join_rows(group, rots)
-    _join_rows(group, shifts)
+    stop_together(group, stopped)
+    join_rows(group, rots)
+    join_rows(group, shifts)
     counts = group.sum_(torch.tensor([moved, total], dtype=torch.float64, device=dev))
     return float(counts[0]) / max(float(counts[1]), 1.0)
 
@@ -518,7 +499,7 @@ def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Ten
     if q == 0:
         return out
     eye = prior * torch.eye(q, dtype=data.dtype, device=data.device)
-    own = _own(group, members, data.n_particles)
+    own = own_positions(group, members, data.n_particles)
     stopped = False
     for i in range(0, len(own), batch_size):
         if stopped := stopping.requested():
@@ -531,7 +512,7 @@ def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Ten
         a = torch.einsum("bnk,bnl->bkl", cs[..., 1:], cs[..., 1:]) + eye
         rhs = torch.einsum("bnk,bn->bk", cs[..., 1:], xs - cs[..., 0])
         out[rows] = torch.linalg.solve(a, rhs[..., None])[..., 0]
-    _stop_agreed(group, stopped)
+    stop_together(group, stopped)
     return group.sum_(out)
 
 

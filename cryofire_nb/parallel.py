@@ -21,12 +21,39 @@ Methods a group provides:
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+
+from . import stopping
 
 
 def part_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     """Rank ``rank``'s contiguous share of ``n`` items split as evenly as possible."""
     return n * rank // world, n * (rank + 1) // world
+
+
+def own_positions(group, members: Tensor, n: int) -> Tensor:
+    """Positions in ``members`` (indices of ``n`` particles) of the particles in this
+    process's part."""
+    lo, hi = group.part(n)
+    return torch.nonzero((members >= lo) & (members < hi)).squeeze(1)
+
+
+def join_rows(group, rows: Tensor) -> None:
+    """Every process's part of the (n, ...) array ``rows`` (the rows it updated), copied
+    in place into all processes' arrays."""
+    if group.active:
+        n = rows.shape[0]
+        lo, hi = group.part(n)
+        rows.copy_(group.gather(rows[lo:hi].contiguous(), n))
+
+
+def stop_together(group, stopped: bool) -> None:
+    """Raise :class:`cryofire_nb.stopping.StageStopped` on every process if any has
+    ``stopped`` (a stop request it saw), so no process waits at a collective the others
+    skipped."""
+    if group.any(stopped):
+        raise stopping.StageStopped()
 
 
 class Alone:
