@@ -23,6 +23,7 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import git_commit, write_result  # noqa: E402
 
 
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
@@ -114,8 +117,7 @@ def run_one(repo: Path, lst: Path, ctf: Path, outdir: Path, seconds: float) -> d
     peak_anon = max((a for _, _, a in samples), default=0)
     return {
         "repo": str(repo),
-        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=repo, capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": git_commit(repo),
         "command": " ".join(cmd[2:]),
         "seconds_watched": seconds,
         "first_console_output_s": first_output[0],
@@ -158,9 +160,7 @@ def main() -> None:
     result = {"box": ImageSource(args.stack / "particles.mrcs", lazy=True).d, "machine": platform.node(),
               "cpus": os.cpu_count(), "meminfo": Path("/proc/meminfo").read_text().splitlines()[:3],
               "load_average_at_end": os.getloadavg(), "runs": runs}
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.result}")
+    write_result(args.result, result)
 
 
 if __name__ == "__main__":

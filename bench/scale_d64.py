@@ -34,6 +34,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import common  # noqa: E402
+from common import git_commit  # noqa: E402
 from lazy_memory import make_list, rss_bytes  # noqa: E402
 
 PLAN_LINES = ("pose table on", "kept for the final pass", "warning:", "init search", "heterogeneous refinement",
@@ -115,8 +117,7 @@ def main() -> None:
         copies, minutes = case.split(":")
         lst, ctf, n = make_list(args.stack, int(copies), args.out)
         run = args.out / f"run_n{n}"
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
-                                text=True).stdout.strip()
+        commit = git_commit(HERE)
         if args.infer_only:
             if not (run / "weights.pt").is_file():
                 raise SystemExit(f"{run}: no trained run here; run this case without --infer-only first")
@@ -148,16 +149,13 @@ def main() -> None:
         runs.append(entry)
         print(json.dumps(entry, indent=1), flush=True)
         write_result(args.result, runs)  # after every case: a partial result is kept
-    print(f"wrote {args.result}")
 
 
 def write_result(path: Path, runs: list) -> None:
-    result = {"box": 64, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+    common.write_result(path, {"box": 64, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                                     f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
               "meminfo": Path("/proc/meminfo").read_text().splitlines()[:3],
-              "load_average_at_end": os.getloadavg(), "runs": runs}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+              "load_average_at_end": os.getloadavg(), "runs": runs})
 
 
 if __name__ == "__main__":

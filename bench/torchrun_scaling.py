@@ -23,15 +23,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-
-
-def simulate(out: Path, n: int) -> Path:
-    if not (out / "particles.mrcs").is_file():
-        config = REPO / "data_demo" / "adk_continuous_d32.yaml"
-        subprocess.run([sys.executable, "-m", "cryofire_nb", "simulate", str(config), "--n-particles", str(n),
-                        "-o", str(out), "--overwrite"], check=True, cwd=REPO)
-    return out
+sys.path.insert(0, str(HERE))
+from common import REPO, git_commit, simulate_demo, write_result  # noqa: E402
 
 
 def train(data: Path, out: Path, procs: int, images: int, threads: int, device: str) -> dict:
@@ -64,20 +57,15 @@ def main() -> None:
     ap.add_argument("-o", "--out", type=Path, default=HERE / "out" / "torchrun_scaling")
     ap.add_argument("--result", type=Path, default=HERE / "results" / "torchrun_scaling_cpu.json")
     args = ap.parse_args()
-    data = simulate(args.out / f"data_n{args.n}", args.n)
+    data = simulate_demo(args.out / f"data_n{args.n}", args.n)
     runs = [train(data, args.out / f"run_p{p}", p, args.images, args.threads, args.device) for p in args.procs]
     base = runs[0]["steady_images_per_s"]
     for r in runs:
         rate = r["steady_images_per_s"]
         r["speed_ratio_to_first"] = round(rate / base, 3) if base and rate else None
         print(json.dumps(r), flush=True)
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    result = {"commit": commit, "machine": platform.node(), "cpus": os.cpu_count(), "device": args.device,
-              "load_average_at_end": os.getloadavg(), "runs": runs}
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.result}")
+    write_result(args.result, {"commit": git_commit(), "machine": platform.node(), "cpus": os.cpu_count(),
+                               "device": args.device, "load_average_at_end": os.getloadavg(), "runs": runs})
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from common import REPO, git_commit, simulate_demo, write_result  # noqa: E402
 
 WORKER = r'''
 import json, pickle, sys, time
@@ -85,14 +86,6 @@ group.close()
 '''
 
 
-def simulate(out: Path, n: int) -> Path:
-    if not (out / "particles.mrcs").is_file():
-        config = REPO / "data_demo" / "adk_continuous_d32.yaml"
-        subprocess.run([sys.executable, "-m", "cryofire_nb", "simulate", str(config), "--n-particles", str(n),
-                        "-o", str(out), "--overwrite"], check=True, cwd=REPO)
-    return out
-
-
 def run(data: Path, out: Path, procs: int, threads: int, device: str) -> dict:
     per = max(1, threads // procs)
     env = {**os.environ, "OMP_NUM_THREADS": str(per), "MKL_NUM_THREADS": str(per), "PYTHONUNBUFFERED": "1"}
@@ -124,7 +117,7 @@ def main() -> None:
     ap.add_argument("-o", "--out", type=Path, default=HERE / "out" / "torchrun_table")
     ap.add_argument("--result", type=Path, default=HERE / "results" / "torchrun_table_cpu.json")
     args = ap.parse_args()
-    data = simulate(args.out / f"data_n{args.n}", args.n)
+    data = simulate_demo(args.out / f"data_n{args.n}", args.n)
     runs = [run(data, args.out / f"p{p}", p, args.threads, args.device) for p in args.procs]
     if args.one_thread:
         runs.append(run(data, args.out / "p1_t1", 1, 1, args.device))
@@ -132,13 +125,8 @@ def main() -> None:
         for stage in ("search", "hetero"):
             r[f"{stage}_speed_ratio_to_first"] = round(runs[0][f"{stage}_s"] / r[f"{stage}_s"], 3)
         print(json.dumps(r), flush=True)
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    result = {"commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": args.device,
-              "load_average_at_end": os.getloadavg(), "runs": runs}
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.result}")
+    write_result(args.result, {"commit": git_commit(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                               "device": args.device, "load_average_at_end": os.getloadavg(), "runs": runs})
 
 
 if __name__ == "__main__":
