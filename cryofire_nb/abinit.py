@@ -33,7 +33,6 @@ Dimension letters: N particles, b batch, k poses per image, m = d + 1.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -44,8 +43,8 @@ from . import stopping
 from .hartley_data import HartleyData
 from .parallel import Alone, stop_together
 from .rotations import random_rotations, so3_grid
-from .search import (Accumulator, global_search, hartley_volume_to_real, local_search,
-                     perturbation_grid, real_to_hartley_volume, shift_grid, spherical_support)
+from .search import (VolumeAccumulator, global_search, hartley_volume_to_real, local_search,
+                     perturbation_grid, shift_grid, spherical_support)
 
 Tensor = torch.Tensor
 
@@ -118,18 +117,12 @@ class _VolumeModel:
     """Running backprojection sums plus the real-space constraints."""
 
     def __init__(self, d: int, cfg: AbinitConfig, dtype, device):
-        self.acc = Accumulator.zeros(d, dtype=dtype, device=device)
+        self.acc = VolumeAccumulator(d, dtype=dtype, device=device)
         self.support = spherical_support(d, cfg.support_radius, dtype, device)
         self.cfg = cfg
 
     def volume(self) -> Tensor:
-        den = self.acc.den
-        lam = self.cfg.reg_fraction * den[den > 0].mean() if (den > 0).any() else 1.0
-        vol_h = self.acc.volume(lam)
-        v = hartley_volume_to_real(vol_h) * self.support
-        if self.cfg.positivity:
-            v = v.clamp_min(0)
-        return real_to_hartley_volume(v)
+        return self.acc.solve(self.cfg.reg_fraction, self.support, self.cfg.positivity)[0]
 
 
 def global_search_seconds(data: HartleyData, cfg: AbinitConfig | None = None) -> float:

@@ -65,10 +65,10 @@ from . import stopping
 from .hartley_data import HartleyData
 from .lattice import Lattice
 from .parallel import Alone, join_rows, own_positions, stop_together
-from .projection import sample_trilinear, scatter_trilinear, slice_positions
+from .projection import sample_trilinear, slice_positions
 from .rotations import axis_angle_to_matrix, matrix_to_axis_angle, so3_grid
-from .search import (SearchResult, global_search, hartley_volume_to_real, perturbation_grid,
-                     real_to_hartley_volume, shift_grid, shifted_images, spherical_support)
+from .search import (SearchResult, VolumeAccumulator, global_search, hartley_volume_to_real, perturbation_grid,
+                     shift_grid, shifted_images, spherical_support)
 
 Tensor = torch.Tensor
 
@@ -208,53 +208,6 @@ def pc_map(z, n_components: int) -> PCMap:
     return PCMap(mean, w)
 
 
-class BasisAccumulator:
-    """Per-voxel least squares for ``V(a) = sum_k a_k V_k``: sums of ``a_k c x`` and
-    ``a_k a_l c^2`` over backprojected slices (the K = 1 case is the usual Wiener
-    backprojection)."""
-
-    def __init__(self, d: int, k: int, dtype=torch.float32, device=None):
-        m = d + 1
-        self.d, self.k, self.m = d, k, m
-        self.pairs = [(i, j) for i in range(k) for j in range(i, k)]
-        self.num = torch.zeros(m ** 3, k, dtype=dtype, device=device)
-        self.den = torch.zeros(m ** 3, len(self.pairs), dtype=dtype, device=device)
-
-    def add(self, x: Tensor, ctf: Tensor, lat: Lattice, index: Tensor, rots: Tensor, shifts_px: Tensor,
-            coef: Tensor) -> None:
-        """Images ``x`` (b, N_full) at poses ``rots`` (b, 3, 3), ``shifts_px`` (b, 2) with
-        basis coefficients ``coef`` (b, K)."""
-        xs = shifted_images(x, lat, shifts_px[:, None], index)[:, 0]  # (b, n)
-        c = ctf[:, index]
-        pos = slice_positions(lat.coords[index], rots, lat.d).reshape(1, -1, 3)  # (1, b n, 3)
-        a = coef.to(x.dtype)
-        prod = torch.stack([a[:, i] * a[:, j] for i, j in self.pairs], -1)  # (b, P)
-
-        # numerator and denominator channels in one scatter: the corners are computed once
-        v = torch.cat([(c * xs)[..., None] * a[:, None, :], (c * c)[..., None] * prod[:, None, :]], -1)
-        sums = scatter_trilinear(v.reshape(1, -1, v.shape[-1]).transpose(1, 2), pos, self.m)[0]
-        sums = sums.reshape(v.shape[-1], -1)  # (K + P, m^3)
-        self.num += sums[:self.k].T
-        self.den += sums[self.k:].T
-
-    def solve(self, reg_fraction: float, support: Tensor | None) -> Tensor:
-        """Basis volumes (K, m, m, m), regularised by ``reg_fraction`` x the mean CTF^2
-        weight of V_0 and restricted to the real-space ``support`` (d, d, d)."""
-        k = self.k
-        a = torch.zeros(self.m ** 3, k, k, dtype=self.den.dtype, device=self.den.device)
-        for p, (i, j) in enumerate(self.pairs):
-            a[:, i, j] = self.den[:, p]
-            a[:, j, i] = self.den[:, p]
-        d0 = self.den[:, 0]
-        lam = reg_fraction * (d0[d0 > 0].mean() if (d0 > 0).any() else torch.tensor(1.0))
-        eye = torch.eye(k, dtype=a.dtype, device=a.device)
-        sol = torch.linalg.solve(a.double() + float(lam) * eye.double(), self.num.double()[..., None])[..., 0]
-        vols = sol.to(self.num.dtype).T.reshape(k, self.m, self.m, self.m)
-        if support is not None:
-            vols = torch.stack([real_to_hartley_volume(hartley_volume_to_real(v) * support) for v in vols])
-        return vols
-
-
 def basis_slices(basis: Tensor, lat: Lattice, rots: Tensor, index: Tensor) -> Tensor:
     """Central slices of every basis volume: rotations (..., 3, 3) -> (..., n, K)."""
     k = basis.shape[0]
@@ -308,14 +261,14 @@ def fit_basis(data: HartleyData, rots: Tensor, shifts_px: Tensor, coef: Tensor, 
     group = group or Alone()
     lat, d = data.lattice, data.lattice.d
     index = torch.nonzero(lat.mask(d / 2 if radius_px is None else radius_px, exclude_dc=False)).squeeze(1)
-    acc = BasisAccumulator(d, coef.shape[1], dtype=data.dtype, device=data.device)
+    acc = VolumeAccumulator(d, coef.shape[1], dtype=data.dtype, device=data.device)
     own = members[own_positions(group, members, data.n_particles)]
     stopped = False
     for i in range(0, len(own), cfg.batch_size):
         if stopped := stopping.requested():
             break
         sl = own[i:i + cfg.batch_size]
-        acc.add(*data.rows(sl), lat, index, rots[sl], shifts_px[sl], coef[sl])
+        acc.add(*data.rows(sl), lat, index, rots[sl], shifts_px[sl], coef=coef[sl])
     stop_together(group, stopped)
     group.sum_(acc.num)
     group.sum_(acc.den)

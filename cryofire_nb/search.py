@@ -171,35 +171,81 @@ def perturbation_grid(step_deg: float, n: int = 1, dtype=torch.float32) -> Tenso
 # --------------------------------------------------------------------------- backprojection
 
 
-@dataclass
-class Accumulator:
-    """Running sums for a Hartley voxel reconstruction ``num / (den + lam)``."""
+class VolumeAccumulator:
+    """Running sums for ``K`` Hartley voxel volumes fitted to backprojected slices by
+    per-voxel least squares, ``V(a) = sum_k a_k V_k`` with per-image coefficients ``a``:
+    sums of ``w a_k c x`` (``num``, (m^3, K)) and ``w a_k a_l c^2`` over the pairs
+    ``k <= l`` (``den``, (m^3, P)), for images ``x`` with CTF ``c`` and weight ``w``.
 
-    num: Tensor  # (m, m, m)
-    den: Tensor  # (m, m, m)
+    ``K = 1`` with ``a = 1`` is the consensus: the Wiener backprojection
+    ``num / (den + lam)`` of the pose search (several weighted pose hypotheses per image);
+    ``K > 1`` is the conformational basis of the pose table (:mod:`cryofire_nb.hetero`).
+    """
 
-    @classmethod
-    def zeros(cls, d: int, dtype=torch.float32, device=None) -> "Accumulator":
-        z = torch.zeros((d + 1,) * 3, dtype=dtype, device=device)
-        return cls(z, z.clone())
+    def __init__(self, d: int, k: int = 1, dtype=torch.float32, device=None):
+        m = d + 1
+        self.d, self.k, self.m = d, k, m
+        self.pairs = [(i, j) for i in range(k) for j in range(i, k)]
+        self.num = torch.zeros(m ** 3, k, dtype=dtype, device=device)
+        self.den = torch.zeros(m ** 3, len(self.pairs), dtype=dtype, device=device)
 
     def decay(self, rho: float) -> None:
+        """Forget old slices geometrically (the stochastic EM of the pose search)."""
         self.num.mul_(rho)
         self.den.mul_(rho)
 
-    def add(self, x: Tensor, ctf: Tensor, lat: Lattice, index: Tensor, rots: Tensor,
-            shifts_px: Tensor, weights: Tensor | None = None) -> None:
-        """Backproject images ``x`` (b, N_full) at poses ``rots`` (b, k, 3, 3),
-        ``shifts_px`` (b, k, 2) with weights (b, k) (default 1)."""
-        b, k = rots.shape[:2]
-        w = torch.ones(b, k, dtype=x.dtype, device=x.device) if weights is None else weights
-        xs = shifted_images(x, lat, shifts_px, index)  # (b, k, n)
+    def add(self, x: Tensor, ctf: Tensor, lat: Lattice, index: Tensor, rots: Tensor, shifts_px: Tensor,
+            weights: Tensor | None = None, coef: Tensor | None = None) -> None:
+        """Backproject images ``x`` (b, N_full) at poses ``rots`` (b, 3, 3), or at ``h``
+        hypotheses each, ``rots`` (b, h, 3, 3) and ``shifts_px`` (b, h, 2) with
+        ``weights`` (b, h) (default 1); ``coef`` (b, K) the basis coefficients (default 1,
+        only for K = 1)."""
+        if rots.dim() == 3:
+            rots, shifts_px = rots[:, None], shifts_px[:, None]
+        b, h = rots.shape[:2]
+        if coef is None and self.k != 1:
+            raise ValueError(f"{self.k} basis volumes need the images' coefficients")
+        w = torch.ones(b, h, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.dtype)
+        xs = shifted_images(x, lat, shifts_px, index)  # (b, h, n)
         c = ctf[:, index][:, None]  # (b, 1, n)
-        pos = slice_positions(lat.coords[index], rots.reshape(-1, 3, 3), lat.d).reshape(1, -1, 3)  # (1, b k n, 3)
-        vals = torch.stack([(w[..., None] * c * xs).reshape(-1), (w[..., None] * c * c).expand(b, k, -1).reshape(-1)])
-        sums = scatter_trilinear(vals[None], pos, lat.d + 1)[0]  # (2, m, m, m): one pass over the corners
-        self.num += sums[0]
-        self.den += sums[1]
+        pos = slice_positions(lat.coords[index], rots.reshape(-1, 3, 3), lat.d).reshape(1, -1, 3)  # (1, b h n, 3)
+        if coef is None:  # two channels; one pass over the corners
+            vals = torch.stack([(w[..., None] * c * xs).reshape(-1),
+                                (w[..., None] * c * c).expand(b, h, -1).reshape(-1)])  # (2, b h n)
+        else:
+            a = coef.to(x.dtype)
+            prod = torch.stack([a[:, i] * a[:, j] for i, j in self.pairs], -1)  # (b, P)
+            cx, cc = w[..., None] * c * xs, (w[..., None] * c * c).expand(b, h, -1)  # (b, h, n)
+            vals = torch.cat([cx[..., None] * a[:, None, None, :], cc[..., None] * prod[:, None, None, :]], -1)
+            vals = vals.reshape(-1, vals.shape[-1]).T  # (K + P, b h n)
+        sums = scatter_trilinear(vals[None], pos, self.m)[0].reshape(vals.shape[0], -1)  # (K + P, m^3)
+        self.num += sums[:self.k].T
+        self.den += sums[self.k:].T
 
-    def volume(self, lam: float | Tensor) -> Tensor:
-        return self.num / (self.den + lam)
+    def regulariser(self, reg_fraction: float) -> Tensor:
+        """``reg_fraction`` x the mean CTF^2 weight of the voxels of V_0 that slices reached."""
+        d0 = self.den[:, 0]
+        return reg_fraction * d0[d0 > 0].mean() if (d0 > 0).any() else torch.tensor(1.0, dtype=d0.dtype)
+
+    def solve(self, reg_fraction: float, support: Tensor | None = None, positivity: bool = False) -> Tensor:
+        """The volumes (K, m, m, m), regularised by :meth:`regulariser`, restricted to the
+        real-space ``support`` (d, d, d) and, with ``positivity``, clamped at 0 there."""
+        k, m, lam = self.k, self.m, self.regulariser(reg_fraction)
+        if k == 1:
+            vols = (self.num / (self.den + lam)).T.reshape(1, m, m, m)
+        else:
+            a = torch.zeros(m ** 3, k, k, dtype=self.den.dtype, device=self.den.device)
+            for p, (i, j) in enumerate(self.pairs):
+                a[:, i, j] = self.den[:, p]
+                a[:, j, i] = self.den[:, p]
+            eye = torch.eye(k, dtype=torch.float64, device=a.device)
+            sol = torch.linalg.solve(a.double() + float(lam) * eye, self.num.double()[..., None])[..., 0]
+            vols = sol.to(self.num.dtype).T.reshape(k, m, m, m)
+        if support is None and not positivity:
+            return vols
+        out = []
+        for v in vols:
+            r = hartley_volume_to_real(v)
+            r = r if support is None else r * support
+            out.append(real_to_hartley_volume(r.clamp_min(0) if positivity else r))
+        return torch.stack(out)

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from cryofire_nb.hartley_data import HartleyData
-from cryofire_nb.hetero import (BasisAccumulator, HeteroRefineConfig, _rotated_volumes, basis_slices,
+from cryofire_nb.hetero import (HeteroRefineConfig, _rotated_volumes, basis_slices,
                                 estimate_latents, fit_basis, gauge_rotations, hetero_refine, local_search_basis,
                                 own_slices, pc_map, search_basis, superpose)
 from cryofire_nb.io import read_ctf, read_mrc, read_poses
 from cryofire_nb.metrics import evaluate_run
 from cryofire_nb.rotations import axis_angle_to_matrix, random_rotations
-from cryofire_nb.search import Accumulator, local_search, perturbation_grid, real_to_hartley_volume, shift_grid
+from cryofire_nb.search import VolumeAccumulator, local_search, perturbation_grid, real_to_hartley_volume, shift_grid
 from cryofire_nb.projection import sample_trilinear, slice_positions
 from cryofire_nb.train.synthetic import make_synthetic_set
 
@@ -59,14 +59,24 @@ def test_one_basis_volume_is_the_consensus_backprojection(hetero_set):
     idx = torch.nonzero(lat.mask(D / 2, exclude_dc=False)).squeeze(1)
     rots = torch.as_tensor(gt.rots[:300]).float()
     sh = torch.as_tensor(gt.shift_px(D)[:300]).float()
-    acc = Accumulator.zeros(D)
+    acc = VolumeAccumulator(D)  # the search's: pose hypotheses with weights, no coefficients
     acc.add(hd.x[:300], hd.ctf[:300], lat, idx, rots[:, None], sh[:, None])
-    bacc = BasisAccumulator(D, 1)
-    bacc.add(hd.x[:300], hd.ctf[:300], lat, idx, rots, sh, torch.ones(300, 1))
+    bacc = VolumeAccumulator(D, 1)  # the table's: one coefficient per image
+    bacc.add(hd.x[:300], hd.ctf[:300], lat, idx, rots, sh, coef=torch.ones(300, 1))
     lam = 0.1 * acc.den[acc.den > 0].mean()
-    assert torch.allclose(bacc.solve(0.1, None)[0], acc.volume(lam), atol=1e-4, rtol=1e-4)
+    vol = (acc.num / (acc.den + lam)).reshape(D + 1, D + 1, D + 1)  # the Wiener backprojection
+    assert torch.allclose(bacc.solve(0.1)[0], vol, atol=1e-4, rtol=1e-4)
+    assert torch.equal(acc.solve(0.1)[0], vol)
+    # a second hypothesis of weight 0 adds nothing; two of weight 1/2 at the same pose, the same
+    hyp = VolumeAccumulator(D)
+    r2, s2 = torch.stack([rots, rots.flip(0)], 1), torch.stack([sh, sh.flip(0)], 1)
+    hyp.add(hd.x[:300], hd.ctf[:300], lat, idx, r2, s2, torch.tensor([[1.0, 0.0]]).expand(300, 2))
+    assert torch.allclose(hyp.num, acc.num, atol=1e-5) and torch.allclose(hyp.den, acc.den, atol=1e-5)
+    half = VolumeAccumulator(D, 1)
+    half.add(hd.x[:300], hd.ctf[:300], lat, idx, torch.stack([rots, rots], 1), torch.stack([sh, sh], 1),
+             torch.full((300, 2), 0.5), coef=torch.ones(300, 1))
+    assert torch.allclose(half.num, bacc.num, atol=1e-5) and torch.allclose(half.den, bacc.den, atol=1e-5)
     # and its local search is the consensus local search
-    vol = acc.volume(lam)
     pert, offs = perturbation_grid(3.0), shift_grid(0.5, 0.5)
     mask = torch.nonzero(lat.mask(6, exclude_dc=True)).squeeze(1)
     r0 = _perturb(rots[:40], 4.0, 1)
