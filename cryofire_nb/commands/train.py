@@ -101,6 +101,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="pose table: the encoder learns the table from images turned by random quarter turns, "
                         "targets turned to match (exact augmentation against memorising the training set; "
                         "measured in 20 CPU minutes: smaller train/unseen gap, larger errors on both)")
+    g.add_argument("--rendered", dest="rendered_per_image", type=float, default=None, metavar="R",
+                   help="pose table: R images rendered from the run's own volumes at random exactly known pose, z "
+                        "and shift (the data's CTFs and measured noise) join each particle image the encoder "
+                        "learns from once the table is refined (default 0: the particles only)")
     g = p.add_argument_group("ground truth (metrics logged during training)")
     g.add_argument("--gt-poses", help="true poses (.pkl)")
     conf = g.add_mutually_exclusive_group()
@@ -131,7 +135,9 @@ def config_from_args(args: argparse.Namespace):
         distill_poses=args.distill_poses, distill_images=args.distill_images,
         distill_until_deg=args.distill_until_deg if args.distill_until_deg > 0 else None,
         hetero_refine=args.hetero_refine, hetero_at_fraction=args.hetero_at_fraction,
-        hetero_global=args.hetero_global, quarter_turns=args.quarter_turns, gt_poses=args.gt_poses,
+        hetero_global=args.hetero_global, quarter_turns=args.quarter_turns,
+        **({} if args.rendered_per_image is None else {"rendered_per_image": args.rendered_per_image}),
+        gt_poses=args.gt_poses,
         gt_conf=args.gt_conf, gt_labels=args.gt_labels, eval_every_images=args.eval_every_images,
         log_every_steps=args.log_every_steps, checkpoint_every_images=args.checkpoint_every_images,
         load=args.load, progress=args.progress,

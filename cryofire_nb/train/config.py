@@ -54,7 +54,7 @@ MODEL_FIELDS = ("method", "preset", "n_basis", "invert_contrast", "zdim", "varia
                 "pose_only_fraction", "march_start_px", "march_step_px", "march_images_per_step",
                 "march_end_fraction", "init_search", "distill_poses", "distill_images", "distill_fraction",
                 "distill_until_deg", "hetero_refine", "hetero_at_fraction", "hetero_global", "z_loss_weight",
-                "quarter_turns", "pose_loss_weight", "shift_loss_weight", "resolved")
+                "quarter_turns", "rendered_per_image", "pose_loss_weight", "shift_loss_weight", "resolved")
 
 
 @dataclass
@@ -128,6 +128,11 @@ class TrainConfig:
     # training set / on 10,000 unseen particles): off 22.6 / 28.9 deg, on 34.4 / 36.5 deg: it
     # closes the generalisation gap but the encoder is further from the table in that budget
     quarter_turns: bool = False
+    # pose table: once the table is refined, each batch of particles is joined by this many
+    # images per particle rendered from the run's decoder at random labels, through the data's
+    # CTFs with its measured noise (cryofire_nb.train.rendered); the encoder learns their exact
+    # labels as well, so it cannot learn the training particles by heart. 0: particles only
+    rendered_per_image: float = 0.0
     pose_loss_weight: float = 1.0  # chordal distance ||R - R*||_F^2
     shift_loss_weight: float = 0.1  # shift MSE in px^2
     # ground truth for metrics logged during training
@@ -189,6 +194,9 @@ class TrainConfig:
                 bad(f"--{name.replace('_', '-')} must be >= 1, got {v}", "pass a positive number")
         if self.time_limit_min is not None and not self.time_limit_min > 0:
             bad(f"--time-limit must be > 0 minutes, got {self.time_limit_min}", "pass e.g. --time-limit 5")
+        if not 0 <= self.rendered_per_image <= 8:
+            bad(f"rendered images per particle image must lie in [0, 8], got {self.rendered_per_image}",
+                "pass e.g. --rendered 1")
         for name in ("pose_only_fraction", "march_end_fraction", "distill_fraction", "search_time_fraction",
                      "hetero_at_fraction", "hetero_time_fraction"):
             if not 0 <= getattr(self, name) <= 1:

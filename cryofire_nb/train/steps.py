@@ -124,7 +124,7 @@ def known_pose_step(model: CryoFireModel, batch: Batch, rots: Tensor, shift_px: 
 def distill_step(model: CryoFireModel, batch: Batch, target: PoseTargets, lattice: Lattice, mask: Tensor,
                  images_seen: int, pose_only: PoseOnlyPhase, kl_weight: float, pose_weight: float,
                  shift_weight: float, generator: torch.Generator | None, z_target: Tensor | None = None,
-                 z_weight: float = 1.0, quarter_turns: bool = False) -> StepResult:
+                 z_weight: float = 1.0, quarter_turns: bool = False, rendered=None) -> StepResult:
     """With ``z_target`` (b, k) (the run's latent table) the decoder sees the table's z and
     the encoder's z is pulled towards it (squared error, on both paths: a mirror image
     shows the same conformation).
@@ -133,7 +133,11 @@ def distill_step(model: CryoFireModel, batch: Batch, target: PoseTargets, lattic
     turns in its plane, with the pose target turned to match (exact: a pixel permutation,
     :func:`cryofire_nb.rotations.quarter_turn_pose`; the decoder's loss uses the original
     image and target). Four exact copies of each image for the encoder, against
-    memorising the training set (its poses are returned turned back)."""
+    memorising the training set (its poses are returned turned back).
+
+    ``rendered`` (:class:`cryofire_nb.train.rendered.Rendered`, b' images): images with
+    exact labels that join the particles in the encoder's loss only (the decoder learns
+    from particles alone, never from its own renderings)."""
     k = None
     real = batch.real
     if quarter_turns:
@@ -143,19 +147,30 @@ def distill_step(model: CryoFireModel, batch: Batch, target: PoseTargets, lattic
         target_enc = PoseTargets(*quarter_turn_pose(target.rots, target.shift_px, k))
     else:
         target_enc = target
-    out, outm = encode_both(model, real)
+    b = real.shape[0]
+    zt_enc = z_target
+    if rendered is not None:
+        real = torch.cat([real, rendered.real.to(real)], 0)
+        target_enc = PoseTargets(torch.cat([target_enc.rots, rendered.rots.to(target_enc.rots)], 0),
+                                 torch.cat([target_enc.shift_px, rendered.shift_px.to(target_enc.shift_px)], 0))
+        if z_target is not None:
+            if rendered.z is None:
+                raise ValueError("rendered images need z labels when the particles have a latent table")
+            zt_enc = torch.cat([z_target, rendered.z.to(z_target)], 0)
+    both, bothm = encode_both(model, real)
+    out = EncoderOutput(*(None if t is None else t[:b] for t in both))  # the particles' outputs
     z = sample_z(out.z_mu, out.z_logvar, generator)
     zd = pose_only.decoder_z(z, images_seen, generator) if z_target is None else z_target
     sl = slice_loss(model.decoder, target.rots, target.shift_px, zd, batch.hartley, batch.ctf, lattice, mask)
     recon = sl.per_image.mean()
     rm, tm = mirror_pose(target_enc.rots, target_enc.shift_px)
-    c1, s1 = pose_distance(out.rots, out.shift_px, target_enc, shift_weight)
-    c2, s2 = pose_distance(outm.rots, outm.shift_px, PoseTargets(rm, tm), shift_weight)
+    c1, s1 = pose_distance(both.rots, both.shift_px, target_enc, shift_weight)
+    c2, s2 = pose_distance(bothm.rots, bothm.shift_px, PoseTargets(rm, tm), shift_weight)
     pose_loss = 0.5 * (pose_weight * (c1 + c2) + s1 + s2).mean()
-    if z_target is not None:
-        pose_loss = pose_loss + 0.5 * z_weight * ((out.z_mu - z_target).square().sum(-1)
-                                                  + (outm.z_mu - z_target).square().sum(-1)).mean()
-    kl = _kl([out, outm])
+    if zt_enc is not None:
+        pose_loss = pose_loss + 0.5 * z_weight * ((both.z_mu - zt_enc).square().sum(-1)
+                                                  + (bothm.z_mu - zt_enc).square().sum(-1)).mean()
+    kl = _kl([both, bothm])
     loss = recon + pose_loss + (kl_weight * kl if kl is not None else 0.0)
     no_mirror = torch.zeros(target.rots.shape[0], dtype=torch.bool, device=target.rots.device)
     rots_out, shift_out = _first_hypothesis(out.rots).detach(), out.shift_px.detach()

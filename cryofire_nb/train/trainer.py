@@ -48,6 +48,7 @@ from .config import DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig
 from .data import GroundTruth, ParticleData
 from .infer import Inferred, autocast_for, infer_dataset
 from .presets import apply_preset
+from .rendered import Renderer, shell_noise_power
 from .monitor import EvalEntry, History, LogEntry, eval_entry, gt_metrics
 from .outputs import RunOutputs, write_config, write_outputs
 from .run_model import CryoFireModel, ModelSpec
@@ -56,6 +57,7 @@ from .steps import PoseTargets, amortised_step, distill_step, known_pose_step, v
 #: Fraction of the particles the encoder never trains on in a pose-table run: it is scored
 #: on them against the table during training, which shows whether it generalises.
 HOLDOUT_FRACTION = 0.1
+NOISE_SAMPLE = 1000  # particles whose residuals measure the noise of rendered images
 #: Warn when the view directions' planarity (1: spread over the sphere, 0: on one great
 #: circle) falls below this: the spurious planar-symmetry minimum of amortised training.
 PLANARITY_WARN = 0.2
@@ -198,6 +200,8 @@ class Trainer:
             self._next_holdout = self.state.images_seen
         self._distill_ended_at: int | None = None
         self._target_err = None
+        self._renderer = None  # images rendered from the refined volumes for the encoder (built when needed)
+        self._noise_power = None if self.ckpt is None else self.ckpt.extra.get("noise_power")
         self._hd = None  # the table's particles on the Hartley lattice for the search / refinement (built once)
         self._hd_all = None
         self._infer_s: float | None = None  # seconds per particle of an encoder pass (timed once)
@@ -416,7 +420,8 @@ class Trainer:
             self.cfg.to_dict(), self.spec.to_dict(), self.model.state_dict(), self.opt.state_dict(), self.state,
             self.gen.get_state(), torch.get_rng_state(), cuda, self.history.to_dict(), targets,
             {**({} if self.table_index is None else {"table_index": self.table_index}),
-             **({"hetero_skipped": True} if self._skip_hetero else {})}))
+             **({"hetero_skipped": True} if self._skip_hetero else {}),
+             **({} if self._noise_power is None else {"noise_power": np.asarray(self._noise_power)})}))
 
     # ------------------------------------------------------------------ evaluation
 
@@ -437,9 +442,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
+    def _rendered(self, b: int):
+        """Rendered images to join a batch of ``b`` particles, or None (no refined table,
+        or the run renders none)."""
+        cfg = self.cfg
+        if not (cfg.pose_table and cfg.rendered_per_image > 0 and self._table_final()) or self.targets is None:
+            return None
+        if self._renderer is None:
+            if self._noise_power is None:
+                self._measure_noise()
+            self._renderer = Renderer(self.data, self.train_positions, self.targets[1], self.z_table,
+                                      torch.as_tensor(self._noise_power))
+        n = max(1, int(round(b * cfg.rendered_per_image)))
+        return self._renderer.draw(self.model, n, self.gen)
+
+    def _measure_noise(self) -> None:
+        """Noise power per ring of the table's particles against the refined volumes
+        (:func:`cryofire_nb.train.rendered.shell_noise_power`), from up to 1,000 training
+        particles; kept in the checkpoint so a resumed run renders with the same noise."""
+        pos = self.train_positions
+        if len(pos) > NOISE_SAMPLE:
+            pos = np.sort(np.random.default_rng([int(self.cfg.seed), 29]).choice(pos, NOISE_SAMPLE, replace=False))
+        z = None if self.z_table is None else self.z_table[pos]
+        self._noise_power = shell_noise_power(self.model, self.data, pos, self.targets[0][pos], self.targets[1][pos],
+                                              z).cpu().numpy()
+
     def _step(self, pos: np.ndarray):
         cfg, st = self.cfg, self.state
         batch = self.data.batch(pos)
+        rendered = None
         mask = self.marching.mask(self.lattice, st.images_seen)
         with autocast_for(self.device, self.amp):
             if self.known is not None:
@@ -452,10 +483,12 @@ class Trainer:
                 tgt = PoseTargets(torch.as_tensor(self.targets[0][pos], device=self.device),
                                   torch.as_tensor(self.targets[1][pos], device=self.device))
                 zt = None if self.z_table is None else torch.as_tensor(self.z_table[pos], device=self.device)
+                rendered = self._rendered(len(pos))
                 res = self.group.step(distill_step, self.model, batch, tgt, self.lattice, mask, st.images_seen,
                                       self.pose_only, cfg.resolved_kl_weight(), cfg.pose_loss_weight,
                                       cfg.shift_loss_weight, self.gen, z_target=zt, z_weight=cfg.z_loss_weight,
-                                      quarter_turns=cfg.quarter_turns and cfg.pose_table and self._table_final())
+                                      quarter_turns=cfg.quarter_turns and cfg.pose_table and self._table_final(),
+                                      rendered=rendered)
                 phase = "distill"
                 self._target_err = geodesic_distance_deg(res.rots.float(), tgt.rots.float()).detach().cpu()
             else:
@@ -841,6 +874,9 @@ class Trainer:
             self.opt.state.pop(grids, None)  # Adam's moments belong to the old grids
         self._share_tables()
         cfg.resolved["hetero_done"] = True
+        self._renderer = None
+        if cfg.rendered_per_image > 0:
+            self._measure_noise()
         self._next_holdout = st.images_seen
         seconds = time.perf_counter() - t_start
         event = {"images_seen": int(st.images_seen), "seconds": round(seconds, 1),
