@@ -70,10 +70,15 @@ def make_list(stack_dir: Path, copies: int, out: Path) -> tuple[Path, Path, int]
     return lst, ctf, copies * len(table)
 
 
-def run_one(repo: Path, lst: Path, ctf: Path, outdir: Path, seconds: float) -> dict:
+#: How each case keeps the particles: the command-line flags that say so.
+MODES = {"lazy": ["--lazy"], "memory": [], "half": ["--half"]}
+
+
+def run_one(repo: Path, lst: Path, ctf: Path, outdir: Path, seconds: float, mode: str = "lazy",
+            minutes: float = 5) -> dict:
     python = HERE.parent / ".venv" / "bin" / "python"  # run in ``repo``: ``-m`` imports the package found there
     cmd = [str(python), "-m", "cryofire_nb.cli", "train", str(lst), "--ctf", str(ctf), "-o", str(outdir),
-           "--lazy", "--time-limit", "5"]
+           *MODES[mode], "--time-limit", f"{minutes:g}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -137,23 +142,27 @@ def run_one(repo: Path, lst: Path, ctf: Path, outdir: Path, seconds: float) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stack", type=Path, required=True, help="folder of a simulated set (particles.mrcs, ctf.pkl)")
-    ap.add_argument("--case", action="append", metavar="REPO:COPIES",
-                    help="a checkout to run (this checkout's .venv runs it) and the number of copies of the "
-                         "stack in its list (repeatable; default .:1 and .:10)")
+    ap.add_argument("--case", action="append", metavar="REPO:COPIES[:MODE]",
+                    help="a checkout to run (this checkout's .venv runs it), the number of copies of the "
+                         "stack in its list, and how the particles are kept: lazy (--lazy, the default), memory "
+                         "(in memory) or half (--half) (repeatable; default .:1 and .:10)")
+    ap.add_argument("--time-limit", type=float, default=5, help="the runs' --time-limit in minutes")
     ap.add_argument("--seconds", type=float, default=300)
     ap.add_argument("-o", "--out", type=Path, default=HERE / "out" / "lazy_memory")
     ap.add_argument("--result", type=Path, default=HERE / "results" / "lazy_memory_d64.json")
     args = ap.parse_args()
     runs = []
     for i, case in enumerate(args.case or [f"{HERE.parent}:1", f"{HERE.parent}:10"]):
-        repo, copies = case.rsplit(":", 1)
+        parts = case.split(":")
+        mode = parts.pop() if parts[-1] in MODES else "lazy"
+        repo, copies = ":".join(parts[:-1]), parts[-1]
         lst, ctf, n = make_list(args.stack, int(copies), args.out)
         outdir = args.out / f"run{i}"
         if outdir.exists():
             import shutil
             shutil.rmtree(outdir)
-        run = run_one(Path(repo).resolve(), lst, ctf, outdir, args.seconds)
-        run["particles"] = n
+        run = run_one(Path(repo).resolve(), lst, ctf, outdir, args.seconds, mode, args.time_limit)
+        run["particles"], run["mode"] = n, mode
         runs.append(run)
         print(json.dumps({k: v for k, v in run.items() if k != "console_tail"}, indent=1), flush=True)
     from cryofire_nb.io import ImageSource

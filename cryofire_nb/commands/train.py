@@ -33,6 +33,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ind", help="indices of the particles to use (.pkl)")
     g.add_argument("--datadir", help="folder of the stacks named in a .star/.cs/.txt")
     g.add_argument("--lazy", action="store_true", help="read images from disk on demand instead of into memory")
+    g.add_argument("--half", action="store_true",
+                   help="keep the particles in memory in float16: half the memory of the stack and of the pose "
+                        "search's Fourier rows (rounding 5e-4 of a value, far below the noise); values must lie "
+                        "within +-65,504")
     g.add_argument("--uninvert-data", dest="invert_contrast", action="store_false",
                    help="do not invert contrast (data with dark particles, e.g. EMPIAR-10076)")
     g = p.add_argument_group("method (defaults: the preset for the method, the box and the device)")
@@ -124,7 +128,7 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         method=args.method or "auto", n_basis=args.n_basis, max_shift_px=args.max_shift_px,
         particles=args.particles, outdir=args.outdir, ctf=args.ctf, poses=args.poses, ind=args.ind,
-        datadir=args.datadir, lazy=args.lazy, invert_contrast=args.invert_contrast, zdim=args.zdim,
+        datadir=args.datadir, lazy=args.lazy, half=args.half, invert_contrast=args.invert_contrast, zdim=args.zdim,
         variational=args.variational, encoder=args.encoder, encoder_hidden=args.encoder_hidden,
         encoder_channels=args.encoder_channels, n_pose_hypotheses=args.n_pose_hypotheses, decoder=args.decoder,
         decoder_hidden=args.decoder_hidden, decoder_layers=args.decoder_layers, pe_dim=args.pe_dim,

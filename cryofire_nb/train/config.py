@@ -69,6 +69,7 @@ class TrainConfig:
     ind: str | None = None
     datadir: str | None = None
     lazy: bool = False
+    half: bool = False  # particles kept in memory in float16 (the stack and the search's Hartley rows)
     invert_contrast: bool = True
     # method: "table" (pose search, pose and latent tables refined against a volume basis,
     # encoder distilled from them), "amortised" (the published recipe alone) or "known"

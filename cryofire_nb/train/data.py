@@ -34,6 +34,7 @@ from ..lattice import Lattice
 from ..model.preprocess import Normalization, PreprocessConfig, compute_normalization, preprocess
 
 Tensor = torch.Tensor
+HALF_BLOCK = 4096  # images converted to float16 at a time
 
 
 class Batch(NamedTuple):
@@ -93,7 +94,8 @@ class ParticleData:
     def __init__(self, particles: str | Path, *, ctf: str | Path | None = None, ind: str | Path | None = None,
                  datadir: str | Path | None = None, lazy: bool = False,
                  preprocess_config: PreprocessConfig | None = None,
-                 normalization: Normalization | None = None, device: str | torch.device = "cpu"):
+                 normalization: Normalization | None = None, device: str | torch.device = "cpu",
+                 half: bool = False):
         self.source = ImageSource(particles, datadir=datadir, lazy=True)
         self.n_total = len(self.source)
         self.d = self.source.d
@@ -117,12 +119,13 @@ class ParticleData:
         self._memory_device = None  # the in-memory stack copied to the GPU when it fits (fast batches)
         if not lazy:
             keep = np.arange(self.n_total) if self.ind is None else self.ind
-            need, free = keep.size * self.d * self.d * 4, available_memory_bytes(torch.device("cpu"))
+            need = keep.size * self.d * self.d * (2 if half else 4)
+            free = available_memory_bytes(torch.device("cpu"))
             if need > MEMORY_FRACTION * free:
                 raise InputError(particles, f"{keep.size} images of {self.d} px need {need / 2 ** 30:.1f} GiB "
                                             f"in memory and {free / 2 ** 30:.1f} GiB is free",
                                  "pass --lazy to read the particles in batches from disk")
-            self._memory = self.source.images(keep)  # (N, d, d)
+            self._memory = self._read_kept(keep, half, particles)  # (N, d, d)
             self._memory_device = _device_copy(self._memory, self.device)
         # the CTF is evaluated where the batch lives (float64, as on the CPU)
         self._ctf_device = None if self.ctf_table is None else torch.as_tensor(self.ctf_table, dtype=torch.float64,
@@ -152,11 +155,31 @@ class ParticleData:
             return float(t[1] * t[0] / self.d)
         return self.source.pixel_size_angstrom
 
+    def _read_kept(self, keep: np.ndarray, half: bool, particles) -> np.ndarray:
+        """The kept images in memory: float32, or float16 with ``half`` (read in blocks, so
+        no float32 copy of the whole stack is made). float16 keeps 11 significant bits and
+        values below 65,504 in magnitude: a stack outside that range is an input error."""
+        if not half:
+            return self.source.images(keep)
+        out = np.empty((keep.size, self.d, self.d), dtype=np.float16)
+        for i in range(0, keep.size, HALF_BLOCK):
+            block = self.source.images(keep[i:i + HALF_BLOCK])
+            if np.abs(block).max(initial=0.0) >= np.finfo(np.float16).max:
+                raise InputError(particles, "holds values beyond the float16 range (65,504)",
+                                 "drop --half, or normalise the stack")
+            out[i:i + len(block)] = block
+        return out
+
+    @property
+    def half(self) -> bool:
+        """The images are kept in memory in float16."""
+        return self._memory is not None and self._memory.dtype == np.float16
+
     def images(self, positions) -> np.ndarray:
         """Raw images (b, d, d) float32 at positions 0..N-1 (after --ind)."""
         pos = np.asarray(positions, dtype=np.int64).reshape(-1)
         if self._memory is not None:
-            return self._memory[pos]
+            return self._memory[pos].astype(np.float32, copy=False)
         return self.source.images(pos if self.ind is None else self.ind[pos])
 
     def _compute_normalization(self) -> Normalization:
@@ -180,7 +203,7 @@ class ParticleData:
     def batch(self, positions) -> Batch:
         pos = np.asarray(positions, dtype=np.int64).reshape(-1)
         if self._memory_device is not None:
-            raw = self._memory_device[torch.as_tensor(pos, device=self.device)]
+            raw = self._memory_device[torch.as_tensor(pos, device=self.device)].float()
         else:
             raw = torch.as_tensor(self.images(pos)).to(self.device)
         pre = preprocess(raw, self.preprocess_config, self.normalization)

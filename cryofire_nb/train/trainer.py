@@ -153,6 +153,7 @@ class Trainer:
         spec0 = None if self.ckpt is None else ModelSpec.from_dict(self.ckpt.spec)
         # ---- every input is read and checked here, before anything is written
         self.data = ParticleData(cfg.particles, ctf=cfg.ctf, ind=cfg.ind, datadir=cfg.datadir, lazy=cfg.lazy,
+                                 half=cfg.half,
                                  preprocess_config=PreprocessConfig(invert_contrast=cfg.invert_contrast),
                                  normalization=None if spec0 is None else spec0.norm, device=self.device)
         d, n = self.data.d, len(self.data)
@@ -303,7 +304,7 @@ class Trainer:
                 hd = hd.view(self.table_index)
             if self.data.in_memory:
                 hd = hd.resident(progress=self._progress("images to the Hartley lattice"),
-                                 source=self.data.source_path)
+                                 source=self.data.source_path, half=self.data.half)
             self._hd = hd
         return self._hd
 
