@@ -254,21 +254,26 @@ def local_search_basis(x: Tensor, ctf: Tensor, basis: Tensor, coef: Tensor, lat:
 
 
 def fit_basis(data: HartleyData, rots: Tensor, shifts_px: Tensor, coef: Tensor, members: Tensor,
-              cfg: HeteroRefineConfig, radius_px: float | None = None, group=None) -> Tensor:
+              cfg: HeteroRefineConfig, radius_px: float | None = None, group=None,
+              progress: str | None = None) -> Tensor:
     """Basis volumes (K, m, m, m) from the particles ``members`` (indices) at their poses.
     With a ``group`` (:mod:`cryofire_nb.parallel`) each process backprojects the members
-    in its part, and the sums are added over the processes before the solve."""
+    in its part, and the sums are added over the processes before the solve.
+    ``progress``: the description of a progress bar over the particles (none when None)."""
     group = group or Alone()
     lat, d = data.lattice, data.lattice.d
     index = torch.nonzero(lat.mask(d / 2 if radius_px is None else radius_px, exclude_dc=False)).squeeze(1)
     acc = VolumeAccumulator(d, coef.shape[1], dtype=data.dtype, device=data.device)
     own = members[own_positions(group, members, data.n_particles)]
     stopped = False
+    bar = tqdm(total=len(own), desc=progress, unit="particle", leave=False, disable=progress is None)
     for i in range(0, len(own), cfg.batch_size):
         if stopped := stopping.requested():
             break
         sl = own[i:i + cfg.batch_size]
         acc.add(*data.rows(sl), lat, index, rots[sl], shifts_px[sl], coef=coef[sl])
+        bar.update(len(sl))
+    bar.close()
     stop_together(group, stopped)
     group.sum_(acc.num)
     group.sum_(acc.den)
@@ -437,13 +442,14 @@ def _unsettled(cfg: HeteroRefineConfig, rnd: int, moved: float) -> bool:
 
 
 def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Tensor, members: Tensor,
-                     prior: float, batch_size: int = 512, group=None) -> Tensor:
+                     prior: float, batch_size: int = 512, group=None, progress: str | None = None) -> Tensor:
     """Scores (n_m, K - 1) of the particles ``members`` that best explain each image
     with its pose: ``argmin_a |x - c (S_0 + sum_j a_j S_j)|^2 + prior |a|^2`` over the
     whole disc (closed form, a K-1 x K-1 solve per image): the conformation read off the
     image through the volume model, as an autodecoder would, rather than through the
     encoder. With a ``group``, each process reads the members in its part; the rows of
-    the others are zero there, so a sum over the processes joins them."""
+    the others are zero there, so a sum over the processes joins them. ``progress``: the
+    description of a progress bar over the particles (none when None)."""
     group = group or Alone()
     lat, d = data.lattice, data.lattice.d
     index = torch.nonzero(lat.mask(d / 2, exclude_dc=True)).squeeze(1)
@@ -454,10 +460,12 @@ def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Ten
     eye = prior * torch.eye(q, dtype=data.dtype, device=data.device)
     own = own_positions(group, members, data.n_particles)
     stopped = False
+    bar = tqdm(total=len(own), desc=progress, unit="particle", leave=False, disable=progress is None)
     for i in range(0, len(own), batch_size):
         if stopped := stopping.requested():
             break
         rows = own[i:i + batch_size]
+        bar.update(len(rows))
         sl = members[rows]
         x, c = data.rows(sl)
         cs = c[:, index, None] * basis_slices(basis, lat, rots[sl], index)  # (b, n, K)
@@ -465,6 +473,7 @@ def estimate_latents(data: HartleyData, basis: Tensor, rots: Tensor, shifts: Ten
         a = torch.einsum("bnk,bnl->bkl", cs[..., 1:], cs[..., 1:]) + eye
         rhs = torch.einsum("bnk,bn->bk", cs[..., 1:], xs - cs[..., 0])
         out[rows] = torch.linalg.solve(a, rhs[..., None])[..., 0]
+    bar.close()
     stop_together(group, stopped)
     return group.sum_(out)
 
@@ -558,8 +567,12 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
     halves = [torch.nonzero(half == h).squeeze(1) for h in (0, 1)]
     hist: list[dict] = []
 
+    def bar(what: str) -> str | None:  # the passes over the particles between the searches show progress too
+        return what if progress else None
+
     def other_half_bases() -> list[Tensor]:
-        return [fit_basis(data, rots, shifts, coef, halves[1 - h], cfg, group=group) for h in (0, 1)]
+        return [fit_basis(data, rots, shifts, coef, halves[1 - h], cfg, group=group,
+                          progress=bar(f"basis of half {2 - h} of 2")) for h in (0, 1)]
 
     def update_latents() -> list[Tensor]:
         """Scores of each half from the other half's basis, re-standardised; returns the
@@ -571,7 +584,7 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         lat_ = torch.empty(n, coef.shape[1] - 1, dtype=dt, device=dev)
         for h in (0, 1):
             lat_[halves[h]] = estimate_latents(data, bases[h], rots, shifts, halves[h], cfg.latent_prior,
-                                               group=group)
+                                               group=group, progress=bar(f"scores of half {h + 1} of 2"))
         pcs = pc_map(lat_.cpu().numpy(), coef.shape[1] - 1)
         coef = pcs.coefficients(lat_.cpu().numpy()).to(device=dev, dtype=dt)
         return other_half_bases()
@@ -594,7 +607,8 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         nonlocal rots, gauge_s
         if cfg.gauge != "none" and coef.shape[1] > 1:
             t_g = time.time()
-            basis_all = fit_basis(data, rots, shifts, coef, torch.arange(n, device=dev), cfg, group=group)
+            basis_all = fit_basis(data, rots, shifts, coef, torch.arange(n, device=dev), cfg, group=group,
+                                  progress=bar("basis of all (gauge)"))
             rots = rots @ gauge_rotations(basis_all, coef, cfg.n_bins, cfg.gauge == "robust").transpose(1, 2)
             gauge_s = time.time() - t_g
             hist.append({"stage": "gauge", "elapsed_s": time.time() - t0})
@@ -627,11 +641,11 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         hist.append(entry)
     fix_gauge()
     everyone = torch.arange(n, device=dev)
-    basis = fit_basis(data, rots, shifts, coef, everyone, cfg, group=group)
+    basis = fit_basis(data, rots, shifts, coef, everyone, cfg, group=group, progress=bar("basis of all"))
     if cfg.estimate_latents and coef.shape[1] > 1:  # final scores from the basis of all particles
         latents = estimate_latents(data, basis, rots, shifts, everyone, cfg.latent_prior,
-                                   group=group).cpu().numpy()
+                                   group=group, progress=bar("scores of all")).cpu().numpy()
         pcs = pc_map(latents, coef.shape[1] - 1)
         coef = pcs.coefficients(latents).to(device=dev, dtype=dt)
-        basis = fit_basis(data, rots, shifts, coef, everyone, cfg, group=group)
+        basis = fit_basis(data, rots, shifts, coef, everyone, cfg, group=group, progress=bar("basis of all"))
     return HeteroRefineResult(rots, shifts, coef, basis, pcs, hist, asdict(cfg))
