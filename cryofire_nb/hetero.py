@@ -536,13 +536,18 @@ def search_basis(data: HartleyData, basis: Tensor, coef: Tensor, cfg: HeteroRefi
 
 def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig | None = None,
                   progress: bool = True, time_limit_s: float | None = None,
-                  monitor=None, group=None) -> HeteroRefineResult:
+                  monitor=None, group=None, hard_limit_s: float | None = None) -> HeteroRefineResult:
     """Refine poses ``rots`` (N, 3, 3), ``shifts_px`` (N, 2) of ``data`` against
     conformation-dependent volumes built from ``z`` (N, k) (see the module docstring).
 
     ``time_limit_s`` bounds the whole call: a local round after the first
     ``cfg.min_local_rounds`` is skipped when the previous one's duration plus a final gauge
-    fix would overrun it (the global stage and those first rounds always run). ``monitor(rots, shifts) -> dict``, if given, is called after every
+    fix would overrun it (the global stage and those first rounds always run).
+    ``hard_limit_s`` (>= ``time_limit_s``, e.g. what is left of a whole run's limit) is
+    never passed knowingly: no round starts, not even one of the first ones, when it and
+    the passes that end the call (about one latent update's time) would pass it, and once
+    it is passed the call ends with one fit of the basis, without the gauge fix and the
+    final re-reading of the scores. ``monitor(rots, shifts) -> dict``, if given, is called after every
     local round and its entries recorded in the round's history (e.g. errors against a
     ground truth). ``group`` (:mod:`cryofire_nb.parallel`, under torchrun) divides the
     particles between the processes: each searches, refines, reads the scores of and
@@ -617,14 +622,19 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         fix_gauge()           # rotation in it better
     radius = cfg.refine_radius_px or d / 2
     index = torch.nonzero(lat.mask(radius, exclude_dc=True)).squeeze(1)
-    last = 0.0
+    last = finish = 0.0  # the last round's duration; the ending passes' (about one latent update)
+
+    def past(limit: float | None, ahead: float) -> bool:
+        return limit is not None and time.time() - t0 + ahead > limit
+
     for rnd, step in enumerate(cfg.refine_steps_deg):
-        if group.any(time_limit_s is not None and rnd >= cfg.min_local_rounds
-                     and time.time() - t0 + last + gauge_s > time_limit_s):
+        if group.any((rnd >= cfg.min_local_rounds and past(time_limit_s, last + gauge_s))
+                     or past(hard_limit_s, last + gauge_s + finish)):
             hist.append({"stage": "local-skipped", "round": rnd, "elapsed_s": time.time() - t0})
             break
         t_r = time.time()
         bases = update_latents()
+        finish = time.time() - t_r
         before = (rots.clone(), shifts.clone())
         moved = _local_round(data, [(halves[h], bases[h], coef[halves[h]]) for h in (0, 1)], rots, shifts, index,
                              step, cfg, progress, f"hetero refine {rnd + 1} ({step:g} deg)", group=group)
@@ -639,10 +649,14 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         if monitor is not None:
             entry.update(monitor(rots, shifts))
         hist.append(entry)
-    fix_gauge()
+    late = group.any(past(hard_limit_s, 0.0))
+    if late:
+        hist.append({"stage": "ending-shortened", "elapsed_s": time.time() - t0})
+    else:
+        fix_gauge()
     everyone = torch.arange(n, device=dev)
     basis = fit_basis(data, rots, shifts, coef, everyone, cfg, group=group, progress=bar("basis of all"))
-    if cfg.estimate_latents and coef.shape[1] > 1:  # final scores from the basis of all particles
+    if cfg.estimate_latents and coef.shape[1] > 1 and not late:  # final scores from the basis of all particles
         latents = estimate_latents(data, basis, rots, shifts, everyone, cfg.latent_prior,
                                    group=group, progress=bar("scores of all")).cpu().numpy()
         pcs = pc_map(latents, coef.shape[1] - 1)

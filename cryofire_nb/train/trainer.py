@@ -833,10 +833,11 @@ class Trainer:
         pos = np.arange(self.n) if idx is None else idx
         inf = self._infer_parts(batch_size=max(cfg.batch_size, 256), known=self.targets, positions=idx,
                                 amp=self.amp)
-        budget = None
+        budget = hard = None
         if limit_s is not None:  # a share of the time left before the final pass's
             final = self._pass_seconds(self.n) if self._infer_s is not None else 0.0  # one pass after it
-            budget = cfg.hetero_time_fraction * max(limit_s - (t_start - self.t0) - final, 0.0)
+            hard = max(limit_s - (t_start - self.t0) - final, 0.0)  # never past the final pass's time
+            budget = cfg.hetero_time_fraction * hard
         before = None
         if self.gt is not None:
             before = gt_metrics(self.targets[0][pos], self.targets[1][pos], inf.z, self.gt, pos, self.d)
@@ -856,6 +857,7 @@ class Trainer:
                                     HeteroRefineConfig.for_box(self.d, cfg.max_shift_px, n_components=n_basis,
                                                                global_search=cfg.hetero_global, seed=cfg.seed),
                                     progress=cfg.progress and self.group.is_main, time_limit_s=budget,
+                                    hard_limit_s=hard,
                                     monitor=monitor, group=self.group if self.group.active else None)
             except stopping.StageStopped:  # stopped part-way: the table stays as before; a resumed run refines
                 print("heterogeneous refinement stopped part-way by a signal: the pose table is the one it started "
