@@ -108,7 +108,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rendered", dest="rendered_per_image", type=float, default=None, metavar="R",
                    help="pose table: R images rendered from the run's own volumes at random exactly known pose, z "
                         "and shift (the data's CTFs and measured noise) join each particle image the encoder "
-                        "learns from once the table is refined (default 0: the particles only)")
+                        "learns from once the table is refined (default 1; 0: the particles only)")
     g = p.add_argument_group("ground truth (metrics logged during training)")
     g.add_argument("--gt-poses", help="true poses (.pkl)")
     conf = g.add_mutually_exclusive_group()
