@@ -203,21 +203,20 @@ class VolumeAccumulator:
         if rots.dim() == 3:
             rots, shifts_px = rots[:, None], shifts_px[:, None]
         b, h = rots.shape[:2]
-        if coef is None and self.k != 1:
-            raise ValueError(f"{self.k} basis volumes need the images' coefficients")
+        if coef is None:
+            if self.k != 1:
+                raise ValueError(f"{self.k} basis volumes need the images' coefficients")
+            coef = torch.ones(b, 1, dtype=x.dtype, device=x.device)
         w = torch.ones(b, h, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.dtype)
         xs = shifted_images(x, lat, shifts_px, index)  # (b, h, n)
         c = ctf[:, index][:, None]  # (b, 1, n)
         pos = slice_positions(lat.coords[index], rots.reshape(-1, 3, 3), lat.d).reshape(1, -1, 3)  # (1, b h n, 3)
-        if coef is None:  # two channels; one pass over the corners
-            vals = torch.stack([(w[..., None] * c * xs).reshape(-1),
-                                (w[..., None] * c * c).expand(b, h, -1).reshape(-1)])  # (2, b h n)
-        else:
-            a = coef.to(x.dtype)
-            prod = torch.stack([a[:, i] * a[:, j] for i, j in self.pairs], -1)  # (b, P)
-            cx, cc = w[..., None] * c * xs, (w[..., None] * c * c).expand(b, h, -1)  # (b, h, n)
-            vals = torch.cat([cx[..., None] * a[:, None, None, :], cc[..., None] * prod[:, None, None, :]], -1)
-            vals = vals.reshape(-1, vals.shape[-1]).T  # (K + P, b h n)
+        a = coef.to(x.dtype)
+        prod = torch.stack([a[:, i] * a[:, j] for i, j in self.pairs], -1)  # (b, P)
+        cx, cc = w[..., None] * c * xs, (w[..., None] * c * c).expand(b, h, -1)  # (b, h, n)
+        # numerator and denominator channels in one scatter: the corners are computed once
+        vals = torch.cat([cx[..., None] * a[:, None, None, :], cc[..., None] * prod[:, None, None, :]], -1)
+        vals = vals.reshape(-1, vals.shape[-1]).T  # (K + P, b h n)
         sums = scatter_trilinear(vals[None], pos, self.m)[0].reshape(vals.shape[0], -1)  # (K + P, m^3)
         self.num += sums[:self.k].T
         self.den += sums[self.k:].T
