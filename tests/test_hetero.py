@@ -296,36 +296,38 @@ def test_rounds_that_do_not_settle_are_undone(hetero_set):
     assert [h["stage"] for h in every.history if h["stage"].startswith("local")] == ["local"] * 4
 
 
-def test_the_first_local_rounds_run_even_when_the_time_is_up(hetero_set):
-    """With no time left after the global stage the table would be the coarse grid's: the
-    first ``min_local_rounds`` rounds still run, the later ones are skipped."""
+def _three_timed_rounds(hetero_set, gauge: str):
+    """The set's true poses perturbed by 8 deg and local-only settings of three rounds,
+    the first two of which run whatever the budget (``min_local_rounds``)."""
     s, hd, t = hetero_set
     gt = read_poses(s.poses)
     start = _perturb(torch.as_tensor(gt.rots), 8.0, 3)
     sh = torch.as_tensor(gt.shift_px(D)).float()
-    cfg = HeteroRefineConfig(n_components=1, global_search=False, gauge="none", refine_steps_deg=(4.0, 2.0, 1.0),
+    cfg = HeteroRefineConfig(n_components=1, global_search=False, gauge=gauge, refine_steps_deg=(4.0, 2.0, 1.0),
                              settle_fraction=1.01, min_local_rounds=2)
-    res = hetero_refine(hd, start, sh, t[:, None], cfg, progress=False, time_limit_s=0.0)
+    return hd, start, sh, t[:, None], cfg
+
+
+def test_the_first_local_rounds_run_even_when_the_time_is_up(hetero_set):
+    """With no time left after the global stage the table would be the coarse grid's: the
+    first ``min_local_rounds`` rounds still run, the later ones are skipped."""
+    hd, start, sh, z, cfg = _three_timed_rounds(hetero_set, "none")
+    res = hetero_refine(hd, start, sh, z, cfg, progress=False, time_limit_s=0.0)
     stages = [h["stage"] for h in res.history if h["stage"].startswith("local")]
     assert stages == ["local", "local", "local-skipped"], stages
 
 
 def test_a_hard_limit_skips_even_the_first_rounds_and_shortens_the_end(hetero_set):
     """What is left of a whole run's limit (``hard_limit_s``) is not passed for the first
-    rounds' sake: with a round measured, the next one does not start when it and the
-    ending passes would pass it, and past it the call ends with one basis fit (no gauge
-    fix, no final scores), still returning a full table and a basis."""
-    s, hd, t = hetero_set
-    gt = read_poses(s.poses)
-    start = _perturb(torch.as_tensor(gt.rots), 8.0, 3)
-    sh = torch.as_tensor(gt.shift_px(D)).float()
-    cfg = HeteroRefineConfig(n_components=1, global_search=False, gauge="robust", refine_steps_deg=(4.0, 2.0, 1.0),
-                             settle_fraction=1.01, min_local_rounds=2)
-    res = hetero_refine(hd, start, sh, t[:, None], cfg, progress=False, time_limit_s=0.0, hard_limit_s=0.0)
+    rounds' sake: no round starts when it (and the ending passes) would pass it, and past
+    it the call ends with one basis fit (no gauge fix, no final scores), still returning a
+    full table and a basis."""
+    hd, start, sh, z, cfg = _three_timed_rounds(hetero_set, "robust")
+    res = hetero_refine(hd, start, sh, z, cfg, progress=False, time_limit_s=0.0, hard_limit_s=0.0)
     stages = [h["stage"] for h in res.history]
     assert "local" not in stages and stages.count("local-skipped") == 1 and stages[-1] == "ending-shortened", stages
     assert "gauge" not in stages[stages.index("local-skipped"):]
     assert res.rots.shape == start.shape and res.basis.shape[0] == 2 and torch.isfinite(res.basis).all()
     # a generous hard limit changes nothing: the first rounds run as before
-    res = hetero_refine(hd, start, sh, t[:, None], cfg, progress=False, time_limit_s=0.0, hard_limit_s=1e6)
+    res = hetero_refine(hd, start, sh, z, cfg, progress=False, time_limit_s=0.0, hard_limit_s=1e6)
     assert [h["stage"] for h in res.history if h["stage"].startswith("local")] == ["local", "local", "local-skipped"]

@@ -133,8 +133,7 @@ class TrainConfig:
     # images per particle rendered from the run's decoder at random labels, through the data's
     # CTFs with its measured noise (cryofire_nb.train.rendered); the encoder learns their exact
     # labels as well, so it cannot learn the training particles by heart. 0: particles only.
-    # Measured (bench/encoder_rendered.py, the encoder alone for 8 CPU minutes, one pass on new
-    # particles): 2,000 particles 39.0 -> 32.4 deg, 10,000 particles 30.6 -> 31.6 deg (a tie)
+    # The default follows bench/results/encoder_rendered_*.md (bench/encoder_rendered.py)
     rendered_per_image: float = 1.0
     pose_loss_weight: float = 1.0  # chordal distance ||R - R*||_F^2
     shift_loss_weight: float = 0.1  # shift MSE in px^2
