@@ -39,13 +39,34 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("yaml_name", ["demo_sim.yaml", "adk_continuous_d32.yaml", "adk_twostate_d32.yaml",
-                                       "adk_roundtrip_d64.yaml"])
+                                       "adk_roundtrip_d64.yaml", "tcr_continuous_d32.yaml", "tcr_twostate_d32.yaml"])
 def test_demo_configs_load_and_fill_the_box(yaml_name):
     cfg = SimConfig.from_yaml(DEMO / yaml_name)
     assert all(Path(p).is_file() for p in cfg.structures)
     plan_states = dataset_module.read_conformations(cfg.structures).states_angstrom  # (k, n, 3)
     extent = max(np.linalg.norm(s[:, None] - s[None], axis=-1).max() for s in plan_states)
     assert 0.6 <= extent / (cfg.d * cfg.pixel_size_angstrom) <= 0.7
+
+
+def test_tcr_states_differ_by_one_rigid_tilt_of_the_receptor():
+    """The second benchmark molecule: the peptide-MHC (chains A-C) is the same in the three
+    states, and the TCR (chains D, E) is one rigid body rotated by -15, 0 and +15 deg."""
+    conf = dataset_module.read_conformations([DEMO / f"tcr_tilt_{k}.pdb.gz" for k in ("m15", "0", "p15")])
+    states = conf.states_angstrom  # (3, n, 3)
+    on_tcr = np.array([a.split("/")[0] in ("D", "E") for a in conf.atom_ids])
+    assert 3000 < on_tcr.sum() < len(on_tcr) - 3000
+    assert np.abs(states[:, ~on_tcr] - states[0, ~on_tcr]).max() < 2e-3  # PDB files keep 3 decimals
+
+    def fit(mobile, target):
+        mc, tc = mobile.mean(0), target.mean(0)
+        u, _, vt = np.linalg.svd((mobile - mc).T @ (target - tc))
+        rot = (u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt).T
+        rmsd = np.sqrt((((mobile - mc) @ rot.T + tc - target) ** 2).sum(1).mean())
+        return np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1, 1))), rmsd
+
+    for (a, b), angle in (((0, 1), 15.0), ((1, 2), 15.0), ((0, 2), 30.0)):
+        got, rmsd = fit(states[a, on_tcr], states[b, on_tcr])
+        assert rmsd < 2e-3 and abs(got - angle) < 0.01
 
 
 BAD = [
