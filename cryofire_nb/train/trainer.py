@@ -250,6 +250,12 @@ class Trainer:
             torch.set_rng_state(self.ckpt.torch_rng_state)
             if self.ckpt.cuda_rng_state is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(self.ckpt.cuda_rng_state)
+        if self.group.rank > 0:
+            # The checkpoint holds rank 0's stream. Every other rank draws its own augmentations
+            # and rendered images (the same stream on every rank would repeat one rendered
+            # batch world-size times); rank 0, and so a single process, is unchanged.
+            start = 0 if self.ckpt is None else int(self.ckpt.state.step)
+            self.gen.manual_seed(int(np.random.SeedSequence([cfg.seed + 1, self.group.rank, start]).generate_state(1)[0]))
         self.lattice = self.data.lattice
 
     def _config_extra(self) -> dict:
