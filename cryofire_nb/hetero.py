@@ -39,6 +39,10 @@ ends at 3.0-3.3 deg. Given poses and a first z (the encoder's), this module
    fixed axis), which cost ~1.5 deg of median view error after one global alignment
    (per-bin alignment: 4.5 deg where the global one gave 6.0). Superposing each PC1 bin's
    volume on the mean volume on the part that moves least removes most of it.
+6. under a time limit, spends what is left after the schedule on further cycles
+   (``max_cycles``): the global stage again, against the volumes that the rounds have
+   sharpened, then the schedule again; they end when a global stage moves fewer than
+   ``settle_global`` of the particles.
 
 The volume is linear in the scores, so a local round combines each particle's volume
 ``sum_k a_ik V_k`` once and interpolates its candidate slices from it
@@ -129,6 +133,11 @@ class HeteroRefineConfig:
     # global search's (a slow global stage once left no time for any round: 9.3 deg median
     # view error on the d=32 two-state set); their time comes out of the encoder's training
     min_local_rounds: int = 2
+    # under a time limit, what is left after the schedule goes to further cycles (a global
+    # stage against the sharpened volumes, then the schedule again), at most this many; they
+    # stop when a global stage moves fewer than settle_global of the particles
+    max_cycles: int = 3
+    settle_global: float = 0.005
     batch_size: int = 256
     seed: int = 0
 
@@ -594,7 +603,9 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         coef = pcs.coefficients(lat_.cpu().numpy()).to(device=dev, dtype=dt)
         return other_half_bases()
 
-    if cfg.global_search:
+    def global_stage(cycle: int) -> float:
+        """The global search of every particle against its PC1 bin's volume (other half's
+        basis), keeping a particle's pose unless the grid fits better; the fraction moved."""
         bases = update_latents()
         bin_of = pc1_bins(coef, cfg.n_bins)
         groups = []
@@ -603,8 +614,15 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
                 members = halves[h][bin_of[halves[h]] == b_]
                 if len(members):
                     groups.append((members, volume_at(bases[h], coef[members].mean(0))))
+        before = rots.clone()
         _global_stage(data, groups, rots, shifts, cfg, progress, group=group)
-        hist.append({"stage": "global", "radius_px": cfg.global_radius_px, "elapsed_s": time.time() - t0})
+        changed = float((rots - before).abs().amax((1, 2)).gt(0).float().mean())
+        hist.append({"stage": "global", "cycle": cycle, "radius_px": cfg.global_radius_px,
+                     "changed_fraction": round(changed, 4), "elapsed_s": time.time() - t0})
+        return changed
+
+    if cfg.global_search:
+        global_stage(0)
 
     gauge_s = 0.0  # duration of a gauge fix, kept free of local rounds at the end
 
@@ -627,28 +645,52 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
     def past(limit: float | None, ahead: float) -> bool:
         return limit is not None and time.time() - t0 + ahead > limit
 
-    for rnd, step in enumerate(cfg.refine_steps_deg):
-        if group.any((rnd >= cfg.min_local_rounds and past(time_limit_s, last + gauge_s))
-                     or past(hard_limit_s, last + gauge_s + finish)):
-            hist.append({"stage": "local-skipped", "round": rnd, "elapsed_s": time.time() - t0})
-            break
-        t_r = time.time()
-        bases = update_latents()
-        finish = time.time() - t_r
-        before = (rots.clone(), shifts.clone())
-        moved = _local_round(data, [(halves[h], bases[h], coef[halves[h]]) for h in (0, 1)], rots, shifts, index,
-                             step, cfg, progress, f"hetero refine {rnd + 1} ({step:g} deg)", group=group)
-        last = time.time() - t_r
-        entry = {"stage": "local", "round": rnd, "step_deg": step, "radius_px": radius,
-                 "moved_fraction": round(moved, 4), "elapsed_s": time.time() - t0}
-        if _unsettled(cfg, rnd, moved):
-            rots, shifts = before  # a repeated step that still moves nearly every particle: a random walk
-            entry["stage"] = "local-undone"
+    def local_rounds(cycle: int) -> bool:
+        """The schedule of local rounds; True when time or an unsettled round ended it."""
+        nonlocal rots, shifts, last, finish
+        for rnd, step in enumerate(cfg.refine_steps_deg):
+            first = cycle == 0 and rnd < cfg.min_local_rounds
+            if group.any((not first and past(time_limit_s, last + gauge_s))
+                         or past(hard_limit_s, last + gauge_s + finish)):
+                hist.append({"stage": "local-skipped", "cycle": cycle, "round": rnd, "elapsed_s": time.time() - t0})
+                return True
+            t_r = time.time()
+            bases = update_latents()
+            finish = time.time() - t_r
+            before = (rots.clone(), shifts.clone())
+            moved = _local_round(data, [(halves[h], bases[h], coef[halves[h]]) for h in (0, 1)], rots, shifts,
+                                 index, step, cfg, progress, f"hetero refine {rnd + 1} ({step:g} deg)", group=group)
+            last = time.time() - t_r
+            entry = {"stage": "local", "cycle": cycle, "round": rnd, "step_deg": step, "radius_px": radius,
+                     "moved_fraction": round(moved, 4), "elapsed_s": time.time() - t0}
+            if _unsettled(cfg, rnd, moved):
+                rots, shifts = before  # a repeated step that still moves nearly every particle: a random walk
+                entry["stage"] = "local-undone"
+                hist.append(entry)
+                return True
+            if monitor is not None:
+                entry.update(monitor(rots, shifts))
             hist.append(entry)
+        return False
+
+    t_c = time.time()
+    ended = local_rounds(0)
+    # Time left under the limit goes to further cycles (global stage, then the schedule
+    # again) against the volumes the rounds have sharpened: the global stage can bring
+    # back particles that the first one, against the consensus-like start, placed far off
+    # and that local steps cannot reach.
+    cycle = 1
+    while (not ended and cfg.global_search and cfg.refine_steps_deg and time_limit_s is not None
+           and cycle <= cfg.max_cycles):
+        cycle_s = time.time() - t_c
+        if group.any(past(time_limit_s, cycle_s + gauge_s) or past(hard_limit_s, cycle_s + gauge_s + finish)):
+            hist.append({"stage": "cycle-skipped", "cycle": cycle, "elapsed_s": time.time() - t0})
             break
-        if monitor is not None:
-            entry.update(monitor(rots, shifts))
-        hist.append(entry)
+        t_c = time.time()
+        if global_stage(cycle) < cfg.settle_global:
+            break
+        ended = local_rounds(cycle)
+        cycle += 1
     late = group.any(past(hard_limit_s, 0.0))
     if late:
         hist.append({"stage": "ending-shortened", "elapsed_s": time.time() - t0})

@@ -331,3 +331,38 @@ def test_a_hard_limit_skips_even_the_first_rounds_and_shortens_the_end(hetero_se
     # a generous hard limit changes nothing: the first rounds run as before
     res = hetero_refine(hd, start, sh, z, cfg, progress=False, time_limit_s=0.0, hard_limit_s=1e6)
     assert [h["stage"] for h in res.history if h["stage"].startswith("local")] == ["local", "local", "local-skipped"]
+
+
+def test_time_left_under_the_limit_goes_to_further_cycles(hetero_set):
+    """After the schedule, time left under ``time_limit_s`` goes to further cycles (a global
+    stage, then the schedule again), at most ``max_cycles``, ending early when a global
+    stage moves fewer than ``settle_global`` of the particles; with no time limit the call
+    runs one cycle, as before."""
+    from dataclasses import replace
+    s, hd, t = hetero_set
+    gt = read_poses(s.poses)
+    start = _perturb(torch.as_tensor(gt.rots), 8.0, 4)
+    sh = torch.as_tensor(gt.shift_px(D)).float()
+    cfg = HeteroRefineConfig(n_components=1, grid=(300, 24), global_radius_px=6, refine_steps_deg=(2.0, 1.0),
+                             settle_fraction=1.01, max_cycles=2, settle_global=0.0)
+
+    def cycles(res):
+        return [(h["stage"], h.get("cycle")) for h in res.history if h["stage"] in ("global", "local")]
+
+    once = hetero_refine(hd, start, sh, t[:, None], cfg, progress=False)
+    assert cycles(once) == [("global", 0), ("local", 0), ("local", 0)]
+    more = hetero_refine(hd, start, sh, t[:, None], cfg, progress=False, time_limit_s=1e6)
+    assert cycles(more) == [(stage, c) for c in range(3) for stage in ("global", "local", "local")]
+    assert all(0 <= h["changed_fraction"] <= 1 for h in more.history if h["stage"] == "global")
+    # a global stage that moves (almost) nothing ends the cycles before their rounds
+    settled = hetero_refine(hd, start, sh, t[:, None], replace(cfg, settle_global=1.01), progress=False,
+                            time_limit_s=1e6)
+    assert cycles(settled) == [("global", 0), ("local", 0), ("local", 0), ("global", 1)]
+    # no time left after the first cycle: none more starts
+    late = hetero_refine(hd, start, sh, t[:, None], cfg, progress=False, time_limit_s=0.0)
+    assert [h["stage"] for h in late.history].count("global") == 1
+    # the global stages settle: each moves fewer particles than the one before (measured
+    # 0.47, 0.035, 0.0075). On this 16-px toy set the extra local rounds drift (9.5 -> 11.5
+    # deg median); the d = 32 benchmarks measure what the cycles do at the sizes users run
+    changed = [h["changed_fraction"] for h in more.history if h["stage"] == "global"]
+    assert changed[0] > 2 * changed[1] > 4 * changed[2], changed

@@ -14,7 +14,7 @@ import yaml
 from cryofire_nb.cli import build_parser
 from cryofire_nb.commands.train import config_from_args
 from cryofire_nb.errors import InputError
-from cryofire_nb.train import TrainConfig, train
+from cryofire_nb.train import TrainConfig
 from cryofire_nb.train.monitor import History
 from cryofire_nb.train.presets import PRESET_FIELDS, apply_preset, resolve_preset
 from cryofire_nb.train.synthetic import make_synthetic_set
@@ -51,6 +51,11 @@ def test_the_command_with_no_method_flags_is_the_table_method():
     assert paper.method == "amortised" and not paper.init_search and not paper.pose_table
     known = config_from_args(build_parser().parse_args(["train", "p.mrcs", "-o", "r", "--poses", "x.pkl"]))
     assert known.method == "known" and not known.init_search
+    assert cfg.hetero_cycles == 3  # further refinement cycles under a time limit, by default
+    one = config_from_args(build_parser().parse_args(["train", "p.mrcs", "-o", "r", "--refine-cycles", "0"]))
+    assert one.hetero_cycles == 0
+    with pytest.raises(InputError, match="refinement cycles"):
+        TrainConfig(particles="p", outdir="o", hetero_cycles=-1)
 
 
 def test_explicit_settings_win_over_the_preset_and_zdim_follows_n_basis():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from scipy.spatial import ConvexHull
 
 from cryofire_nb import cli
 from cryofire_nb.ctf import ctf_zero_frequencies
@@ -44,7 +45,8 @@ def test_demo_configs_load_and_fill_the_box(yaml_name):
     cfg = SimConfig.from_yaml(DEMO / yaml_name)
     assert all(Path(p).is_file() for p in cfg.structures)
     plan_states = dataset_module.read_conformations(cfg.structures).states_angstrom  # (k, n, 3)
-    extent = max(np.linalg.norm(s[:, None] - s[None], axis=-1).max() for s in plan_states)
+    hulls = [s[ConvexHull(s).vertices] for s in plan_states]  # the farthest atoms are hull vertices
+    extent = max(np.linalg.norm(h[:, None] - h[None], axis=-1).max() for h in hulls)
     assert 0.6 <= extent / (cfg.d * cfg.pixel_size_angstrom) <= 0.7
 
 

@@ -101,6 +101,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="fraction of the planned images after which the pose table is refined (default 0.15)")
     g.add_argument("--no-hetero-global", dest="hetero_global", action="store_false",
                    help="pose table: local refinement only, no repeated global search per z bin (small boxes)")
+    g.add_argument("--refine-cycles", dest="hetero_cycles", type=int, default=3, metavar="K",
+                   help="pose table, under --time-limit: at most K further cycles of global search and local "
+                        "rounds in the time the refinement's share leaves (default 3; 0: one cycle)")
     g.add_argument("--quarter-turns", action="store_true",
                    help="pose table: the encoder learns the table from images turned by random quarter turns, "
                         "targets turned to match (exact augmentation against memorising the training set; "
@@ -139,7 +142,7 @@ def config_from_args(args: argparse.Namespace):
         distill_poses=args.distill_poses, distill_images=args.distill_images,
         distill_until_deg=args.distill_until_deg if args.distill_until_deg > 0 else None,
         hetero_refine=args.hetero_refine, hetero_at_fraction=args.hetero_at_fraction,
-        hetero_global=args.hetero_global, quarter_turns=args.quarter_turns,
+        hetero_global=args.hetero_global, hetero_cycles=args.hetero_cycles, quarter_turns=args.quarter_turns,
         **({} if args.rendered_per_image is None else {"rendered_per_image": args.rendered_per_image}),
         gt_poses=args.gt_poses,
         gt_conf=args.gt_conf, gt_labels=args.gt_labels, eval_every_images=args.eval_every_images,

@@ -53,7 +53,8 @@ MODEL_FIELDS = ("method", "preset", "n_basis", "invert_contrast", "zdim", "varia
                 "decoder_layers", "pe_dim", "lr", "decoder_lr", "seed", "pose_only_images",
                 "pose_only_fraction", "march_start_px", "march_step_px", "march_images_per_step",
                 "march_end_fraction", "init_search", "distill_poses", "distill_images", "distill_fraction",
-                "distill_until_deg", "hetero_refine", "hetero_at_fraction", "hetero_global", "z_loss_weight",
+                "distill_until_deg", "hetero_refine", "hetero_at_fraction", "hetero_global", "hetero_cycles",
+                "z_loss_weight",
                 "quarter_turns", "rendered_per_image", "pose_loss_weight", "shift_loss_weight", "resolved")
 
 
@@ -122,6 +123,9 @@ class TrainConfig:
     hetero_time_fraction: float = 0.65  # of the time left when the refinement starts (time budgets)
     hetero_global: bool = True  # repeat the global search per z bin first (measured: fixes the consensus search's
     # gross errors on far conformations at d=32; on a 16-px synthetic set it did harm, 6.9 -> 22 deg)
+    # under a time limit, further refinement cycles (global stage + local schedule) in the time
+    # the refinement's share leaves (HeteroRefineConfig.max_cycles; bench/results/one_cycle/)
+    hetero_cycles: int = 3
     z_loss_weight: float = 1.0  # pose table: encoder z regressed onto the latent table
     # pose table: once the table is refined, the encoder learns it from images turned by a
     # random number of quarter turns in their plane, the targets turned to match (exact).
@@ -199,6 +203,9 @@ class TrainConfig:
         if not 0 <= self.rendered_per_image <= 8:
             bad(f"rendered images per particle image must lie in [0, 8], got {self.rendered_per_image}",
                 "pass e.g. --rendered 1")
+        if not (isinstance(self.hetero_cycles, int) and 0 <= self.hetero_cycles <= 20):
+            bad(f"further refinement cycles must be an integer in [0, 20], got {self.hetero_cycles}",
+                "pass e.g. --refine-cycles 3")
         for name in ("pose_only_fraction", "march_end_fraction", "distill_fraction", "search_time_fraction",
                      "hetero_at_fraction", "hetero_time_fraction"):
             if not 0 <= getattr(self, name) <= 1:

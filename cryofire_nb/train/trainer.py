@@ -851,17 +851,18 @@ class Trainer:
               + (f" (budget {budget / 60:.1f} min)" if budget is not None else ""), flush=True)
         hd = self._hartley_data()
         n_basis = cfg.n_basis if cfg.n_basis is not None else cfg.zdim
-        monitor = None
-        if self.gt is not None:  # the median view error after every local round, in the event's stages
-            def monitor(r, s):
-                m = gt_metrics(r.float().cpu().numpy(), s.float().cpu().numpy(), None, self.gt, pos, self.d)
-                return {"view_error_median_deg": round(m.rotations.view.median_deg, 3)}
+        def view_error(r, s):  # the median view error after every local round, in the event's stages
+            m = gt_metrics(r.float().cpu().numpy(), s.float().cpu().numpy(), None, self.gt, pos, self.d)
+            return {"view_error_median_deg": round(m.rotations.view.median_deg, 3)}
+
+        monitor = view_error if self.gt is not None else None
         with interrupt.stage("heterogeneous refinement"):
             try:
                 res = hetero_refine(hd, torch.as_tensor(self.targets[0][pos]),
                                     torch.as_tensor(self.targets[1][pos]), inf.z,
                                     HeteroRefineConfig.for_box(self.d, cfg.max_shift_px, n_components=n_basis,
-                                                               global_search=cfg.hetero_global, seed=cfg.seed),
+                                                               global_search=cfg.hetero_global,
+                                                               max_cycles=cfg.hetero_cycles, seed=cfg.seed),
                                     progress=cfg.progress and self.group.is_main, time_limit_s=budget,
                                     hard_limit_s=hard,
                                     monitor=monitor, group=self.group if self.group.active else None)
