@@ -95,18 +95,30 @@ def write_pdb_gz(path: Path, ids, elements, coords, bfac, remarks: list[str]) ->
     st.setup_entities()
     options = gemmi.PdbWriteOptions(minimal_file=True, cryst1_record=False)
     text = "".join(f"REMARK 250 {line}\n" for line in remarks) + st.make_pdb_string(options)
+    write_gz(path, text)
+
+
+def write_gz(path: Path, text: str) -> None:
+    """``text`` gzipped without a timestamp, so that a rerun gives the same bytes."""
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         gz.write(text.encode("ascii"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def sdist_args(doc: str) -> argparse.Namespace:
+    """The command line of the scripts in this folder (the sdist, ``-o``), with the sdist's
+    SHA-256 checked."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("sdist", type=Path, help="mdanalysistests-2.11.0.tar.gz")
     parser.add_argument("-o", "--out-dir", type=Path, default=Path(__file__).resolve().parent)
     args = parser.parse_args()
     digest = hashlib.sha256(args.sdist.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:
         raise SystemExit(f"{args.sdist}: SHA-256 {digest} is not the MDAnalysisTests 2.11.0 sdist")
+    return args
+
+
+def main() -> None:
+    args = sdist_args(__doc__)
 
     with tarfile.open(args.sdist) as tar:
         states = {name: heavy_atoms(read_member(tar, name)) for name, _, _ in STATES}

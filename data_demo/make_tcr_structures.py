@@ -32,16 +32,13 @@ Steps:
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import hashlib
 import tarfile
-from pathlib import Path
 
 import gemmi
 import numpy as np
+from make_demo_structures import sdist_args, write_gz  # the same sdist, checked the same way
 
-SDIST_SHA256 = "5edeb5b01805da728b202103aa8d2b5974a37f1005ab1fe0150ed7d59702d2ea"
 MEMBER = "mdanalysistests-2.11.0/MDAnalysisTests/data/mmcif/1BD2.pdb.gz"
 PMHC, TCR = ("A", "B", "C"), ("D", "E")
 ANGLES_DEG = (("m15", -15.0), ("0", 0.0), ("p15", 15.0))
@@ -70,13 +67,7 @@ def atoms(st: gemmi.Structure):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sdist", type=Path, help="mdanalysistests-2.11.0.tar.gz")
-    parser.add_argument("-o", "--out-dir", type=Path, default=Path(__file__).resolve().parent)
-    args = parser.parse_args()
-    digest = hashlib.sha256(args.sdist.read_bytes()).hexdigest()
-    if digest != SDIST_SHA256:
-        raise SystemExit(f"{args.sdist}: SHA-256 {digest} is not the MDAnalysisTests 2.11.0 sdist")
+    args = sdist_args(__doc__)
     with tarfile.open(args.sdist) as tar:
         f = tar.extractfile(MEMBER)
         if f is None:
@@ -156,8 +147,7 @@ def main() -> None:
         options = gemmi.PdbWriteOptions(minimal_file=True, cryst1_record=False)
         body = "".join(f"REMARK 250 {line}\n" for line in remarks) + out.make_pdb_string(options)
         path = args.out_dir / f"tcr_tilt_{label}.pdb.gz"
-        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-            gz.write(body.encode("ascii"))
+        write_gz(path, body)
         print(f"wrote {path}")
 
 

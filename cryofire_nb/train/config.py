@@ -54,8 +54,8 @@ MODEL_FIELDS = ("method", "preset", "n_basis", "invert_contrast", "zdim", "varia
                 "pose_only_fraction", "march_start_px", "march_step_px", "march_images_per_step",
                 "march_end_fraction", "init_search", "distill_poses", "distill_images", "distill_fraction",
                 "distill_until_deg", "hetero_refine", "hetero_at_fraction", "hetero_global", "hetero_cycles",
-                "z_loss_weight",
-                "quarter_turns", "rendered_per_image", "pose_loss_weight", "shift_loss_weight", "resolved")
+                "z_loss_weight", "quarter_turns", "rendered_per_image", "pose_loss_weight", "shift_loss_weight",
+                "resolved")
 
 
 @dataclass
@@ -124,7 +124,8 @@ class TrainConfig:
     hetero_global: bool = True  # repeat the global search per z bin first (measured: fixes the consensus search's
     # gross errors on far conformations at d=32; on a 16-px synthetic set it did harm, 6.9 -> 22 deg)
     # under a time limit, further refinement cycles (global stage + local schedule) in the time
-    # the refinement's share leaves (HeteroRefineConfig.max_cycles; bench/results/one_cycle/)
+    # the refinement's share leaves (HeteroRefineConfig.max_cycles; compared with one cycle in
+    # bench/results/default_pipeline_*_continuous_d32_one_cycle.md)
     hetero_cycles: int = 3
     z_loss_weight: float = 1.0  # pose table: encoder z regressed onto the latent table
     # pose table: once the table is refined, the encoder learns it from images turned by a
