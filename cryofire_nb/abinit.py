@@ -14,12 +14,17 @@ Stages
    volume over a rotation grid x shift grid within a growing frequency radius; the top
    ``k`` poses per image are backprojected with annealed posterior weights into running
    sums that decay (older, worse assignments are forgotten); the volume is kept
-   non-negative inside a spherical support in real space.
+   non-negative inside a spherical support in real space. With ``n_starts`` > 1 the EM
+   runs from several random starts and keeps the one whose poses best explain a sample
+   of the particles (:func:`start_score`): whether a start escapes a wrong volume depends
+   on its random stream, and the residual tells a failed start from a good one without
+   the truth (``bench/consensus_seeds.py``).
 2. Global search of every particle at the final EM radius with a finer grid.
 3. Local refinement rounds: rotation perturbations and shift offsets around each pose,
    with the resolution raised to ``refine_radius_px`` and the steps halved each round.
 
-Time budget (``time_limit_s``): EM stops at half of it; the global search always runs;
+Time budget (``time_limit_s``): EM stops at half of it (a further start runs only when
+one more fits there); the global search always runs;
 a refinement round is skipped when the previous round's duration would overrun it.
 
 Measured floor (d=32 adenylate kinase, continuous motion, SNR 0.3, 3,000 images): local
@@ -36,6 +41,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -78,6 +84,11 @@ class AbinitConfig:
     refine_step_deg: float = 4.0  # first round: about half the fine grid's spacing; halved each round
     refine_shift_step_px: float = 0.5
     batch_size_full: int = 256
+    # EM from several random starts, keeping the one whose poses fit a sample of the
+    # particles best: a start can settle in a wrong volume that no later stage repairs,
+    # and which start does depends on the seed (bench/results/consensus_seeds_*.json)
+    n_starts: int = 1
+    start_sample: int = 1000  # particles that score each start
     seed: int = 0
 
     @classmethod
@@ -95,6 +106,8 @@ class AbinitConfig:
             raise ValueError("n_iterations and batch_size must be positive")
         if not 0 < self.radius_start_px <= self.radius_end_px:
             raise ValueError("need 0 < radius_start_px <= radius_end_px")
+        if self.n_starts < 1 or self.start_sample < 1:
+            raise ValueError("n_starts and start_sample must be positive")
         if not 0 < self.support_radius <= 0.5:
             raise ValueError("support_radius is a fraction of the box in (0, 0.5]")
 
@@ -179,28 +192,22 @@ def _backproject_parts(model: "_VolumeModel", data: HartleyData, group, cfg: Abi
     group.sum_(model.acc.den)
 
 
-def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s: float | None = None,
-               progress: bool = True, callback=None, group=None) -> AbinitResult:
-    """Ab initio poses and consensus volume for all particles of ``data``.
+def _index(lat, radius: float, dc: bool = False) -> Tensor:
+    """Lattice points within ``radius`` px (the origin only with ``dc``)."""
+    return torch.nonzero(lat.mask(radius, exclude_dc=not dc)).squeeze(1)
 
-    ``callback(stage, info: dict)`` is called after each logged step (for ground-truth
-    monitoring in notebooks and the trainer). ``time_limit_s`` bounds the EM stage and
-    shortens refinement when exceeded. ``group`` (:mod:`cryofire_nb.parallel`) divides
-    the particle-parallel stages between processes: the EM stage, a few thousand images,
-    runs the same on every process; the global search, the local rounds and the
-    backprojections run on each process's part of the particles, joined by collectives.
-    """
-    cfg = cfg or AbinitConfig()
-    group = group or Alone()
-    t0 = time.time()
-    lat, d, n = data.lattice, data.lattice.d, data.n_particles
+
+def _em_stage(data: HartleyData, cfg: AbinitConfig, g: torch.Generator, group, t0: float, stop_at_s: float | None,
+              progress: bool, callback, hist: list, start: int = 0, desc: str = "ab initio EM") -> tuple[Tensor, float]:
+    """Stochastic EM from random start number ``start``, drawn from ``g``: the volume
+    (Hartley) and the noise variance it ends with. Stops early once ``stop_at_s`` seconds
+    have passed since ``t0``."""
+    lat, n = data.lattice, data.n_particles
     dev, dt = data.device, data.dtype
-    g = torch.Generator().manual_seed(cfg.seed)
-    model = _VolumeModel(d, cfg, dt, dev)
-    hist: list[dict] = []
+    model = _VolumeModel(lat.d, cfg, dt, dev)
 
     def index_for(radius: float, dc: bool = False) -> Tensor:
-        return torch.nonzero(lat.mask(radius, exclude_dc=not dc)).squeeze(1)
+        return _index(lat, radius, dc)
 
     # initial volume: a random subset backprojected at random poses
     init = torch.randperm(n, generator=g)[: min(n, cfg.n_init)]
@@ -214,7 +221,7 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
     shifts_em = shift_grid(cfg.max_shift_px, cfg.shift_step_em_px, dtype=dt).to(dev)
     sigma2 = None
     it_range = range(cfg.n_iterations)
-    bar = tqdm(it_range, desc="ab initio EM", disable=not progress)
+    bar = tqdm(it_range, desc=desc, disable=not progress)
     for it in bar:
         _stop_check(group)
         f = it / max(1, cfg.n_iterations - 1)
@@ -231,18 +238,122 @@ def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s:
         sigma2 = 0.9 * sigma2 + 0.1 * float(res.sq_err.mean() / index.numel())
         model.acc.decay(_lerp(cfg.decay_start, cfg.decay_end, f))
         model.acc.add(x, c, lat, index_for(radius + 2, dc=True), res.rots, res.shifts_px, res.weights)
-        info = {"stage": "em", "iteration": it, "radius_px": radius, "sigma2": sigma2,
+        info = {"stage": "em", "start": start, "iteration": it, "radius_px": radius, "sigma2": sigma2,
                 "top_weight": float(res.weights[:, 0].mean()), "elapsed_s": time.time() - t0}
         hist.append(info)
         if callback is not None and (it % 20 == 0 or it == cfg.n_iterations - 1):
             callback("em", dict(info, batch_index=bi, rots=res.rots[:, 0]))
         bar.set_postfix(r=f"{radius:.1f}", w=f"{info['top_weight']:.2f}")
-        if group.any(time_limit_s is not None and time.time() - t0 > 0.5 * time_limit_s):
+        if group.any(stop_at_s is not None and time.time() - t0 > stop_at_s):
             break
+    return model.volume(), sigma2
+
+
+def _start_generator(seed: int, start: int) -> torch.Generator:
+    """The random stream of EM start ``start``: start 0 uses ``seed`` itself (one start
+    is the search as it always was), the others independent streams derived from it."""
+    if start == 0:
+        return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start]).generate_state(1)[0]))
+
+
+def _best_start(data: HartleyData, cfg: AbinitConfig, group, t0: float, em_stop: float | None, progress: bool,
+                callback, hist: list) -> tuple[Tensor, float]:
+    """EM from up to ``cfg.n_starts`` starts, each scored by :func:`start_score` on the
+    same sample of particles; the best start's volume and noise variance. Under a time
+    limit a further start runs only when one more (as long as the longest so far) fits
+    before ``em_stop`` seconds."""
+    n = data.n_particles
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[: min(n, cfg.start_sample)]
+    starts: list[dict] = []
+    best = None
+    longest = 0.0
+    for k in range(cfg.n_starts):
+        if k and group.any(em_stop is not None and time.time() - t0 + longest > em_stop):
+            break
+        t_start = time.time()
+        desc = f"ab initio EM, start {k + 1}/{cfg.n_starts}"
+        vol_h, sigma2 = _em_stage(data, cfg, _start_generator(cfg.seed, k), group, t0, em_stop, progress,
+                                  callback, hist, start=k, desc=desc)
+        score = start_score(data, cfg, vol_h, sigma2, sample, group)
+        longest = max(longest, time.time() - t_start)
+        starts.append({"start": k, "score": score, "seconds": time.time() - t_start})
+        if best is None or score < best[0]:
+            best = (score, k, vol_h, sigma2)
+    hist.append({"stage": "starts", "starts": starts, "kept": best[1], "sample": len(sample),
+                 "elapsed_s": time.time() - t0})
+    return best[2], best[3]
+
+
+def start_score(data: HartleyData, cfg: AbinitConfig, vol_h: Tensor, sigma2: float, sample: Tensor,
+                group=None) -> float:
+    """How well an EM start explains the data: the particles of ``sample`` are searched
+    globally against the start's volume, a volume is backprojected from them at the poses
+    found, and the score is their mean squared residual against it over the EM's final
+    radius (lower is better). The residual is taken against the volume refitted to the
+    poses found, so that it scores the poses rather than the start volume's amplitude or
+    regularisation, which differ between starts.
+    Each process scores its part of the sample; the sums are joined, so every process
+    gets the same score."""
+    group = group or Alone()
+    lat = data.lattice
+    dev, dt = data.device, data.dtype
+    lo, hi = group.part(len(sample))
+    index = _index(lat, cfg.radius_end_px)
+    grid_f = so3_grid(*cfg.grid_fine, dtype=dt, device=dev)
+    shifts_f = shift_grid(cfg.max_shift_px, cfg.shift_step_fine_px, dtype=dt).to(dev)
+    model = _VolumeModel(lat.d, cfg, dt, dev)
+    found = []
+    for j in range(lo, hi, cfg.batch_size_full):
+        x, c = data.rows(sample[j:min(hi, j + cfg.batch_size_full)])
+        res = global_search(x, c, vol_h, lat, index, grid_f, shifts_f, sigma2)
+        model.acc.add(x, c, lat, _index(lat, cfg.radius_end_px + 2, dc=True), res.rots, res.shifts_px)
+        found.append((res.rots[:, 0], res.shifts_px[:, 0]))
+    group.sum_(model.acc.num)
+    group.sum_(model.acc.den)
+    refit = model.volume()
+    total = torch.zeros(2, dtype=torch.float64, device=dev)
+    eye, zero = torch.eye(3, dtype=dt, device=dev)[None], torch.zeros(1, 2, dtype=dt, device=dev)
+    for (rots, shifts), j in zip(found, range(lo, hi, cfg.batch_size_full)):
+        x, c = data.rows(sample[j:min(hi, j + cfg.batch_size_full)])
+        fit = local_search(x, c, refit, lat, index, rots, shifts, eye, zero, 1.0)
+        total[0] += fit.sq_err.double().sum()
+        total[1] += len(rots)
+    group.sum_(total)
+    return float(total[0] / total[1])
+
+
+def run_abinit(data: HartleyData, cfg: AbinitConfig | None = None, time_limit_s: float | None = None,
+               progress: bool = True, callback=None, group=None) -> AbinitResult:
+    """Ab initio poses and consensus volume for all particles of ``data``.
+
+    ``callback(stage, info: dict)`` is called after each logged step (for ground-truth
+    monitoring in notebooks and the trainer). ``time_limit_s`` bounds the EM stage and
+    shortens refinement when exceeded. ``group`` (:mod:`cryofire_nb.parallel`) divides
+    the particle-parallel stages between processes: the EM stage, a few thousand images,
+    runs the same on every process; the global search, the local rounds and the
+    backprojections run on each process's part of the particles, joined by collectives.
+    """
+    cfg = cfg or AbinitConfig()
+    group = group or Alone()
+    t0 = time.time()
+    lat, d, n = data.lattice, data.lattice.d, data.n_particles
+    dev, dt = data.device, data.dtype
+    g = _start_generator(cfg.seed, 0)
+    hist: list[dict] = []
+
+    def index_for(radius: float, dc: bool = False) -> Tensor:
+        return _index(lat, radius, dc)
+
+    em_stop = None if time_limit_s is None else 0.5 * time_limit_s
+    if cfg.n_starts == 1:
+        vol_h, sigma2 = _em_stage(data, cfg, g, group, t0, em_stop, progress, callback, hist)
+    else:
+        vol_h, sigma2 = _best_start(data, cfg, group, t0, em_stop, progress, callback, hist)
 
     # stage 2: global search of every particle at the final EM radius
-    vol_h = model.volume()
     index = index_for(cfg.radius_end_px)
+    grid_f = so3_grid(*cfg.grid_fine, dtype=dt, device=dev)
     shifts_f = shift_grid(cfg.max_shift_px, cfg.shift_step_fine_px, dtype=dt).to(dev)
     lo, hi = group.part(n)
     rots = torch.empty(hi - lo, 3, 3, dtype=dt, device=dev)  # this process's part, then all of them

@@ -70,7 +70,10 @@ def test_two_processes_finish_write_once_and_follow_one_process(synth, tmp_path)
     assert np.median(angle) < 1.0, np.median(angle)  # measured: 0.0, 90% within 0.03 deg
 
 
-WORKER = """
+# several EM starts scored on an odd sample (each process scores its part of it)
+STARTS = dict(n_iterations=4, batch_size=64, batch_size_full=32, refine_rounds=0, seed=2, n_starts=2, start_sample=75)
+
+WORKER = f"STARTS = {STARTS!r}\n" + """
 import sys
 import numpy as np
 import torch
@@ -85,7 +88,10 @@ group = Group.from_env(torch.device("cpu"))
 data = HartleyData.from_images(ParticleData(particles, ctf=ctf), read_ctf(ctf).table)
 cfg = AbinitConfig(n_iterations=6, batch_size=64, batch_size_full=32, refine_rounds=2, seed=2)
 res = run_abinit(data, cfg, progress=False, group=group)
-np.savez(f"{out}_{group.rank}.npz", rots=res.rots.numpy(), shifts=res.shifts_px.numpy(), vol=res.volume.numpy())
+multi = run_abinit(data, AbinitConfig(**STARTS), progress=False, group=group)
+scores = [s["score"] for s in next(h for h in multi.history if h["stage"] == "starts")["starts"]]
+np.savez(f"{out}_{group.rank}.npz", rots=res.rots.numpy(), shifts=res.shifts_px.numpy(), vol=res.volume.numpy(),
+         multi_rots=multi.rots.numpy(), scores=np.array(scores))
 group.close()
 """
 
@@ -121,6 +127,14 @@ def test_run_abinit_divided_between_two_processes_follows_one(tmp_path):
     assert np.abs(one.shifts_px.numpy() - r0["shifts"]).max() < 0.05  # pixels
     vol = one.volume.numpy()
     assert np.abs(r0["vol"] - vol).max() < 1e-4 * np.abs(vol).max()
+    # the starts are scored alike on both ranks and as on one process
+    for key in ("multi_rots", "scores"):
+        np.testing.assert_array_equal(r0[key], r1[key])
+    multi = run_abinit(data, AbinitConfig(**STARTS), progress=False)
+    scores = [s["score"] for s in next(h for h in multi.history if h["stage"] == "starts")["starts"]]
+    np.testing.assert_allclose(r0["scores"], scores, rtol=1e-4)
+    cos = (np.einsum("nij,nij->n", multi.rots.numpy(), r0["multi_rots"]) - 1) / 2
+    assert (np.degrees(np.arccos(np.clip(cos, -1, 1))) < 0.1).mean() >= 0.95
 
 
 HETERO_WORKER = """

@@ -56,6 +56,11 @@ def test_the_command_with_no_method_flags_is_the_table_method():
     assert one.hetero_cycles == 0
     with pytest.raises(InputError, match="refinement cycles"):
         TrainConfig(particles="p", outdir="o", hetero_cycles=-1)
+    assert cfg.search_starts == 4  # the consensus search from several EM starts, by default
+    assert config_from_args(build_parser().parse_args(["train", "p.mrcs", "-o", "r", "--search-starts", "1"])
+                            ).search_starts == 1
+    with pytest.raises(InputError, match="search starts"):
+        TrainConfig(particles="p", outdir="o", search_starts=0)
 
 
 def test_explicit_settings_win_over_the_preset_and_zdim_follows_n_basis():

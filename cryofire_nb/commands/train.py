@@ -94,6 +94,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distill-until", type=float, default=10.0, dest="distill_until_deg",
                    help="end distillation once the encoder is within this median angle of the targets "
                         "(degrees, default 10; 0 disables)")
+    g.add_argument("--search-starts", dest="search_starts", type=int, default=4, metavar="K",
+                   help="the consensus search's EM from K random starts, keeping the one whose poses fit a sample "
+                        "of the particles best (a start can settle in a wrong volume; default 4, fewer when a "
+                        "--time-limit leaves no room; 1: one start)")
     g.add_argument("--no-hetero-refine", dest="hetero_refine", action="store_false",
                    help="with --init-search / --distill-poses: no heterogeneous refinement and no pose table; "
                         "distil the targets for --distill-images, then train amortised (the encoder's poses)")
@@ -141,7 +145,7 @@ def config_from_args(args: argparse.Namespace):
         march_images_per_step=args.march_images_per_step, init_search=args.init_search,
         distill_poses=args.distill_poses, distill_images=args.distill_images,
         distill_until_deg=args.distill_until_deg if args.distill_until_deg > 0 else None,
-        hetero_refine=args.hetero_refine, hetero_at_fraction=args.hetero_at_fraction,
+        search_starts=args.search_starts, hetero_refine=args.hetero_refine, hetero_at_fraction=args.hetero_at_fraction,
         hetero_global=args.hetero_global, hetero_cycles=args.hetero_cycles, quarter_turns=args.quarter_turns,
         **({} if args.rendered_per_image is None else {"rendered_per_image": args.rendered_per_image}),
         gt_poses=args.gt_poses,

@@ -53,7 +53,7 @@ MODEL_FIELDS = ("method", "preset", "n_basis", "invert_contrast", "zdim", "varia
                 "decoder_layers", "pe_dim", "lr", "decoder_lr", "seed", "pose_only_images",
                 "pose_only_fraction", "march_start_px", "march_step_px", "march_images_per_step",
                 "march_end_fraction", "init_search", "distill_poses", "distill_images", "distill_fraction",
-                "distill_until_deg", "hetero_refine", "hetero_at_fraction", "hetero_global", "hetero_cycles",
+                "distill_until_deg", "search_starts", "hetero_refine", "hetero_at_fraction", "hetero_global", "hetero_cycles",
                 "z_loss_weight", "quarter_turns", "rendered_per_image", "pose_loss_weight", "shift_loss_weight",
                 "resolved")
 
@@ -116,6 +116,9 @@ class TrainConfig:
     distill_fraction: float = 0.6  # the encoder needs many steps to learn poses (measured on the demo)
     distill_until_deg: float | None = 10.0  # end early once the encoder is this close to the targets
     search_time_fraction: float = 0.4  # of the time limit given to run_abinit
+    # EM starts of the consensus search, the best fit to a sample of the particles kept
+    # (AbinitConfig.n_starts); under a time limit, fewer when they would not fit
+    search_starts: int = 4
     # pose table (cryofire_nb.hetero): with pose targets, refine them against the
     # conformation-dependent volume and keep them as the run's poses for the whole run
     hetero_refine: bool = True
@@ -204,6 +207,9 @@ class TrainConfig:
         if not 0 <= self.rendered_per_image <= 8:
             bad(f"rendered images per particle image must lie in [0, 8], got {self.rendered_per_image}",
                 "pass e.g. --rendered 1")
+        if not (isinstance(self.search_starts, int) and 1 <= self.search_starts <= 20):
+            bad(f"consensus search starts must be an integer in [1, 20], got {self.search_starts}",
+                "pass e.g. --search-starts 4")
         if not (isinstance(self.hetero_cycles, int) and 0 <= self.hetero_cycles <= 20):
             bad(f"further refinement cycles must be an integer in [0, 20], got {self.hetero_cycles}",
                 "pass e.g. --refine-cycles 3")

@@ -371,7 +371,8 @@ class Trainer:
         print("init search: voxel pose search (cryofire_nb.abinit) ...", flush=True)
         # with the heterogeneous refinement to follow, the consensus refinement rounds are skipped
         kw = dict(refine_rounds=0) if self.cfg.pose_table else {}
-        acfg = AbinitConfig.for_box(self.d, self.cfg.max_shift_px, seed=self.cfg.seed, **kw)
+        acfg = AbinitConfig.for_box(self.d, self.cfg.max_shift_px, seed=self.cfg.seed, n_starts=self.cfg.search_starts,
+                                    **kw)
         plan = self._plan_table(self._streaming_hartley_data, acfg, limit_s) if self.group.is_main else None
         self.table_index, self._skip_hetero = self.group.from_main((plan, self._skip_hetero))
         self._set_positions()
@@ -383,6 +384,11 @@ class Trainer:
             shards = {"group": self.group} if self.group.active else {}
             res = run_abinit(hd, acfg, time_limit_s=time_limit_s, progress=self.cfg.progress and self.group.is_main,
                              **shards)
+        starts = next((h for h in res.history if h["stage"] == "starts"), None)
+        if starts is not None and self.group.is_main:
+            scores = ", ".join(f"{s['score']:.4g}" for s in starts["starts"])
+            print(f"consensus search: {len(starts['starts'])} EM starts, mean squared residual of {starts['sample']} "
+                  f"particles {scores}; kept start {starts['kept'] + 1}", flush=True)
         rots = torch.as_tensor(res.rots).float().cpu().numpy()
         shifts = torch.as_tensor(res.shifts_px).float().cpu().numpy()
         if self.group.is_main:  # the search's poses of the table's particles (in table_ind.pkl's order)
