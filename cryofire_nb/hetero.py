@@ -621,6 +621,7 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
                      "changed_fraction": round(changed, 4), "elapsed_s": time.time() - t0})
         return changed
 
+    t_c = time.time()  # a cycle's duration, the global stage included, plans the next one
     if cfg.global_search:
         global_stage(0)
 
@@ -673,7 +674,6 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
             hist.append(entry)
         return False
 
-    t_c = time.time()
     ended = local_rounds(0)
     # Time left under the limit goes to further cycles (global stage, then the schedule
     # again) against the volumes the rounds have sharpened: the global stage can bring
