@@ -95,6 +95,23 @@ def breakdown(poses: Path, data: Path) -> list[dict]:
     return out
 
 
+def train_console(log: Path) -> list[str]:
+    """The last ``train`` command's console lines in ``log`` (progress bars left out):
+    what the run said about its stages, e.g. the consensus search's starts and the
+    refinement's budget."""
+    text = log.read_text(errors="replace").replace("\r", "\n").splitlines()
+    starts = [i for i, line in enumerate(text) if line.startswith("$ cryofire-nb train")]
+    if not starts:
+        return []
+    out = []
+    for line in text[starts[-1] + 1:]:
+        if line.startswith("$ cryofire-nb"):
+            break
+        if line.strip() and not line.rstrip().endswith(("it/s]", "s/it]")):
+            out.append(line.rstrip())
+    return out
+
+
 def box_d(data: Path) -> int:
     from cryofire_nb.io import ImageSource
 
@@ -122,6 +139,7 @@ def main(argv=None) -> int:
     if args.score_only:
         res = json.loads((RESULTS / f"default_pipeline_{name}.json").read_text())
         res["table_by_group"] = breakdown(run / "poses.pkl", data)
+        res["train_console"] = train_console(log)
         write(res, name)
         return 0
     train = ["train", str(data / "particles.mrcs"), "--ctf", str(data / "ctf.pkl"), "-o", str(run),
@@ -149,6 +167,7 @@ def main(argv=None) -> int:
     if (run / "encoder_poses.pkl").is_file():
         res["encoder_poses"] = poses_metrics(run / "encoder_poses.pkl", data)
     res["table_by_group"] = breakdown(run / "poses.pkl", data)
+    res["train_console"] = train_console(log)
     write(res, name)
     return 0
 
@@ -179,6 +198,10 @@ def write(res: dict, name: str) -> None:
         h = res["holdout"][0]
         lines.append(f"| encoder vs table, held-out / training particles | {h['held_out_rotation_median_deg']:.1f}"
                      f" / {h['training_rotation_median_deg']:.1f} deg |")
+    stages = [line for line in res.get("train_console", [])
+              if line.startswith(("consensus search:", "heterogeneous refinement"))]
+    if stages:
+        lines += ["", "The run's console on its stages:", "", *[f"- {line}" for line in stages]]
     lines += ["", f"warnings: {res['warnings'] or 'none'}", ""]
     if res.get("table_by_group"):
         lines += ["Table by true conformation (one global alignment / each group aligned on its own):", "",
