@@ -1,0 +1,105 @@
+"""A finished run's pose table searched again, every particle against every PC1 bin's
+volume (the basis fitted to the table at each bin's mean coefficients; the grid and
+radius of the refinement's global stage), keeping for each particle the best fit over the
+bins and its current pose against its own bin's volume. Measures, against the truth, how
+many of a minority conformation's lost particles a search over all the bins' volumes
+brings back, where the refinement's global stage searches each particle against its own
+bin's volume only. No local rounds follow: the table's own refinement would.
+
+    python bench/table_all_bins.py bench/out/adk_twostate_d32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    from cryofire_nb.hartley_data import HartleyData
+    from cryofire_nb.hetero import HeteroRefineConfig, fit_basis, local_search_basis, pc1_bins, pc_map, volume_at
+    from cryofire_nb.io import read_ctf, read_poses
+    from cryofire_nb.io.pkl import load_pickles
+    from cryofire_nb.metrics import evaluate_run
+    from cryofire_nb.rotations import so3_grid
+    from cryofire_nb.search import global_search, shift_grid
+    from cryofire_nb.train.data import ParticleData
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("work", type=Path, help="bench/default_pipeline.py's folder (data/ and run/)")
+    ap.add_argument("--bins", type=int, default=6, help="PC1 bins (the refinement's n_bins, default 6)")
+    args = ap.parse_args()
+    data, run = args.work / "data", args.work / "run"
+    hd = HartleyData.from_images(ParticleData(data / "particles.mrcs", ctf=data / "ctf.pkl"),
+                                 read_ctf(data / "ctf.pkl").table)
+    d, lat, n = hd.lattice.d, hd.lattice, hd.n_particles
+    gt, tab = read_poses(data / "poses.pkl"), read_poses(run / "poses.pkl")
+    if (data / "labels.pkl").is_file():
+        lab = np.asarray(load_pickles(data / "labels.pkl")[0]).reshape(-1).astype(int)
+        groups = [(f"state {k}", lab == k) for k in np.unique(lab)]
+    else:
+        t = np.asarray(load_pickles(data / "conf.pkl")[0], dtype=np.float64).reshape(-1)
+        groups = [("t < 0.2", t < 0.2), ("0.2 <= t <= 0.8", (t >= 0.2) & (t <= 0.8)), ("t > 0.8", t > 0.8)]
+    z = np.asarray(load_pickles(run / "z.pkl")[0], dtype=np.float64)
+    rots, shifts = torch.as_tensor(tab.rots).float(), torch.as_tensor(tab.shift_px(d)).float()
+    cfg = HeteroRefineConfig.for_box(d)
+    coef = pc_map(z, cfg.n_components).coefficients(z).float()
+    basis = fit_basis(hd, rots, shifts, coef, torch.arange(n), cfg)
+    bins = pc1_bins(coef, args.bins)
+    vols = [volume_at(basis, coef[bins == b].mean(0)) for b in range(args.bins)]
+
+    def summary(r: torch.Tensor) -> dict:
+        e = np.asarray(evaluate_run(r.double().numpy(), None, gt.rots, None, d).rotations.view_deg)
+        out = {"view_median_deg": float(np.median(e)), "view_mean_deg": float(e.mean())}
+        for name, sel in groups:
+            out[name] = {"n": int(sel.sum()), "view_median_deg": float(np.median(e[sel])),
+                         "over_20deg": float((e[sel] > 20).mean())}
+        return out
+
+    index = torch.nonzero(lat.mask(cfg.global_radius_px, exclude_dc=True)).squeeze(1)
+    grid = so3_grid(*cfg.grid, dtype=hd.dtype)
+    sgrid = shift_grid(cfg.max_shift_px, cfg.shift_step_px, dtype=hd.dtype)
+    eye, zero = torch.eye(3)[None], torch.zeros(1, 2)
+    new_r, best_bin = rots.clone(), bins.clone()
+    t0 = time.time()
+    for i in range(0, n, cfg.batch_size):
+        sl = torch.arange(i, min(n, i + cfg.batch_size))
+        x, c = hd.rows(sl)
+        err = torch.empty(len(sl))
+        for b in range(args.bins):  # the current pose against its own bin's volume
+            m = bins[sl] == b
+            if m.any():
+                err[m] = local_search_basis(x[m], c[m], vols[b][None], torch.ones(int(m.sum()), 1), lat, index,
+                                            rots[sl][m], shifts[sl][m], eye, zero).sq_err
+        r, bb = rots[sl].clone(), bins[sl].clone()
+        for b in range(args.bins):
+            res = global_search(x, c, vols[b], lat, index, grid, sgrid, 1.0)
+            better = res.sq_err < err
+            err = torch.where(better, res.sq_err, err)
+            r[better], bb[better] = res.rots[better, 0], b
+        new_r[sl], best_bin[sl] = r, bb
+    seconds = time.time() - t0
+    out = {"work": str(args.work), "bins": args.bins, "grid": list(cfg.grid), "radius_px": cfg.global_radius_px,
+           "table": summary(rots), "all_bins": summary(new_r), "seconds": round(seconds, 1),
+           "moved_fraction": float((new_r - rots).abs().amax((1, 2)).gt(0).float().mean()),
+           "bin_counts": {name: {"before": np.bincount(bins.numpy()[sel], minlength=args.bins).tolist(),
+                                 "after": np.bincount(best_bin.numpy()[sel], minlength=args.bins).tolist()}
+                          for name, sel in groups},
+           "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    path = ROOT / "bench" / "results" / f"table_all_bins_{args.work.resolve().name}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
