@@ -37,6 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("work", type=Path, help="bench/default_pipeline.py's folder (data/ and run/)")
     ap.add_argument("--bins", type=int, default=6, help="PC1 bins (the refinement's n_bins, default 6)")
+    ap.add_argument("--neighbours", type=int, default=None, metavar="K",
+                    help="search only the bins within K of the particle's own (default: every bin)")
     args = ap.parse_args()
     data, run = args.work / "data", args.work / "run"
     hd = HartleyData.from_images(ParticleData(data / "particles.mrcs", ctf=data / "ctf.pkl"),
@@ -82,20 +84,26 @@ def main() -> None:
                                             rots[sl][m], shifts[sl][m], eye, zero).sq_err
         r, bb = rots[sl].clone(), bins[sl].clone()
         for b in range(args.bins):
-            res = global_search(x, c, vols[b], lat, index, grid, sgrid, 1.0)
-            better = res.sq_err < err
-            err = torch.where(better, res.sq_err, err)
-            r[better], bb[better] = res.rots[better, 0], b
+            near = torch.ones(len(sl), dtype=torch.bool) if args.neighbours is None else \
+                (bins[sl] - b).abs() <= args.neighbours
+            if not near.any():
+                continue
+            res = global_search(x[near], c[near], vols[b], lat, index, grid, sgrid, 1.0)
+            pos = torch.nonzero(near).squeeze(1)
+            better = res.sq_err < err[pos]
+            err[pos[better]] = res.sq_err[better]
+            r[pos[better]], bb[pos[better]] = res.rots[better, 0], b
         new_r[sl], best_bin[sl] = r, bb
     seconds = time.time() - t0
-    out = {"work": str(args.work), "bins": args.bins, "grid": list(cfg.grid), "radius_px": cfg.global_radius_px,
+    out = {"work": str(args.work), "bins": args.bins, "neighbours": args.neighbours, "grid": list(cfg.grid), "radius_px": cfg.global_radius_px,
            "table": summary(rots), "all_bins": summary(new_r), "seconds": round(seconds, 1),
            "moved_fraction": float((new_r - rots).abs().amax((1, 2)).gt(0).float().mean()),
            "bin_counts": {name: {"before": np.bincount(bins.numpy()[sel], minlength=args.bins).tolist(),
                                  "after": np.bincount(best_bin.numpy()[sel], minlength=args.bins).tolist()}
                           for name, sel in groups},
            "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-    path = ROOT / "bench" / "results" / f"table_all_bins_{args.work.resolve().name}.json"
+    tag = "" if args.neighbours is None else f"_neighbours{args.neighbours}"
+    path = ROOT / "bench" / "results" / f"table_all_bins_{args.work.resolve().name}{tag}.json"
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
     print(f"wrote {path}")
