@@ -386,9 +386,12 @@ class Trainer:
                              **shards)
         starts = next((h for h in res.history if h["stage"] == "starts"), None)
         if starts is not None and self.group.is_main:
+            ran, asked = len(starts["starts"]), acfg.n_starts
             scores = ", ".join(f"{s['score']:.4g}" for s in starts["starts"])
-            print(f"consensus search: {len(starts['starts'])} EM starts, mean squared residual of {starts['sample']} "
-                  f"particles {scores}; kept start {starts['kept'] + 1}", flush=True)
+            print(f"consensus search: {ran} of {asked} EM starts"
+                  + (" (the time limit left no room for more)" if ran < asked else "")
+                  + f", mean squared residual of {starts['sample']} particles: {scores}; kept start "
+                  f"{starts['kept'] + 1}", flush=True)
         rots = torch.as_tensor(res.rots).float().cpu().numpy()
         shifts = torch.as_tensor(res.shifts_px).float().cpu().numpy()
         if self.group.is_main:  # the search's poses of the table's particles (in table_ind.pkl's order)
