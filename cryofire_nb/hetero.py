@@ -41,7 +41,8 @@ ends at 3.0-3.3 deg. Given poses and a first z (the encoder's), this module
    volume on the mean volume on the part that moves least removes most of it.
 6. under a time limit, spends what is left after the schedule on further cycles
    (``max_cycles``): the global stage again, against the volumes that the rounds have
-   sharpened, then the schedule again; they end when a global stage moves fewer than
+   sharpened, each particle now also against the bins next to its own (``cycle_bins``),
+   then the schedule again; they end when a global stage moves fewer than
    ``settle_global`` of the particles.
 
 The volume is linear in the scores, so a local round combines each particle's volume
@@ -138,6 +139,12 @@ class HeteroRefineConfig:
     # stop when a global stage moves fewer than settle_global of the particles
     max_cycles: int = 3
     settle_global: float = 0.005
+    # the further cycles' global stage searches each particle against the volumes of the
+    # PC1 bins within this many of its own (None: every bin; 0: its own only, as the first
+    # cycle, whose z are still the encoder's), keeping the best fit: a minority
+    # conformation's particles binned with a volume that blends it with the majority find
+    # their poses against the neighbouring bin's (bench/results/table_all_bins_*.json)
+    cycle_bins: int | None = 1
     batch_size: int = 256
     seed: int = 0
 
@@ -167,6 +174,8 @@ class HeteroRefineConfig:
             raise ValueError("n_components >= 0, n_bins >= 1 and batch_size >= 1 are required")
         if not 0 < self.support_radius <= 0.5:
             raise ValueError("support_radius is a fraction of the box in (0, 0.5]")
+        if self.cycle_bins is not None and self.cycle_bins < 0:
+            raise ValueError("cycle_bins is None (every bin) or >= 0")
         if self.gauge not in ("none", "ls", "robust"):
             raise ValueError(f"gauge must be 'none', 'ls' or 'robust', not {self.gauge!r}")
 
@@ -403,6 +412,59 @@ def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor,
     join_rows(group, shifts)
 
 
+def _global_stage_near(data: HartleyData, halves: list, bases: list, coef: Tensor, bin_of: Tensor, rots: Tensor,
+                       shifts: Tensor, cfg: HeteroRefineConfig, near: int | None, progress: bool, group=None) -> None:
+    """Global search of each particle against the volumes of the PC1 bins within ``near``
+    of its own (None: every bin), each built from its half's basis ``bases[h]`` at the
+    bin's mean coefficients; a particle takes the best fit over them unless its current
+    pose fits its own bin's volume better. Updates ``rots``/``shifts`` in place; with a
+    ``group``, each process searches the particles in its part and the rows are joined."""
+    group = group or Alone()
+    n = data.n_particles
+    lat, dt, dev = data.lattice, data.dtype, data.device
+    index = torch.nonzero(lat.mask(cfg.global_radius_px, exclude_dc=True)).squeeze(1)
+    grid = so3_grid(*cfg.grid, dtype=dt, device=dev)
+    shifts_g = shift_grid(cfg.max_shift_px, cfg.shift_step_px, dtype=dt).to(dev)
+    eye = torch.eye(3, dtype=dt, device=dev)[None]
+    no_offset = torch.zeros(1, 2, dtype=dt, device=dev)
+    vols, own_bin, searched = {}, [], []
+    for h in (0, 1):
+        mine = halves[h][own_positions(group, halves[h], n)]
+        for b in range(cfg.n_bins):
+            members = halves[h][bin_of[halves[h]] == b]
+            if not len(members):
+                continue
+            vols[h, b] = volume_at(bases[h], coef[members].mean(0))
+            own_bin.append((True, (h, b), mine[bin_of[mine] == b]))
+            searched.append((False, (h, b), mine if near is None else mine[(bin_of[mine] - b).abs() <= near]))
+    best = torch.full((n,), float("inf"), dtype=dt, device=dev)
+    bar = tqdm(total=sum(len(m) for _, _, m in own_bin + searched), desc="global search (near bins)",
+               disable=not progress)
+    stopped = False
+    # first the current poses against their own bin's volume, then the searches
+    for current, key, members in own_bin + searched:
+        for i in range(0, len(members), cfg.batch_size):
+            if stopped := stopping.requested():
+                break
+            sl = members[i:i + cfg.batch_size]
+            x, c = data.rows(sl)
+            if current:
+                best[sl] = local_search_basis(x, c, vols[key][None], torch.ones(len(sl), 1, dtype=dt, device=dev),
+                                              lat, index, rots[sl], shifts[sl], eye, no_offset).sq_err
+            else:
+                res = global_search(x, c, vols[key], lat, index, grid, shifts_g, 1.0)
+                better = res.sq_err < best[sl]
+                idx = sl[better]
+                rots[idx], shifts[idx], best[idx] = res.rots[better, 0], res.shifts_px[better, 0], res.sq_err[better]
+            bar.update(len(sl))
+        if stopped:
+            break
+    bar.close()
+    stop_together(group, stopped)
+    join_rows(group, rots)
+    join_rows(group, shifts)
+
+
 def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, index: Tensor, step: float,
                  cfg: HeteroRefineConfig, progress: bool, desc: str, group=None) -> float:
     """One local refinement round; ``groups``: [(members, basis (K, m, m, m), coef (n_g, K))].
@@ -603,27 +665,45 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         coef = pcs.coefficients(lat_.cpu().numpy()).to(device=dev, dtype=dt)
         return other_half_bases()
 
+    def near_bins(cycle: int) -> int:
+        """How many bins either side of its own a particle is searched against in the
+        cycle's global stage (0: its own only, always in the first cycle)."""
+        if cycle == 0 or cfg.n_bins == 1 or coef.shape[1] < 2:
+            return 0
+        return cfg.n_bins if cfg.cycle_bins is None else cfg.cycle_bins
+
+    def volumes_per_particle(near: int) -> float:
+        k = cfg.n_bins
+        return float(np.mean([min(k - 1, b + near) - max(0, b - near) + 1 for b in range(k)]))
+
     def global_stage(cycle: int) -> float:
         """The global search of every particle against its PC1 bin's volume (other half's
-        basis), keeping a particle's pose unless the grid fits better; the fraction moved."""
+        basis), in further cycles against the bins near its own, keeping a particle's pose
+        unless the grid fits better; the fraction moved."""
         bases = update_latents()
         bin_of = pc1_bins(coef, cfg.n_bins)
-        groups = []
-        for h in (0, 1):
-            for b_ in range(cfg.n_bins):
-                members = halves[h][bin_of[halves[h]] == b_]
-                if len(members):
-                    groups.append((members, volume_at(bases[h], coef[members].mean(0))))
         before = rots.clone()
-        _global_stage(data, groups, rots, shifts, cfg, progress, group=group)
+        near = near_bins(cycle)
+        if near:
+            _global_stage_near(data, halves, bases, coef, bin_of, rots, shifts, cfg, near, progress, group=group)
+        else:
+            groups = []
+            for h in (0, 1):
+                for b_ in range(cfg.n_bins):
+                    members = halves[h][bin_of[halves[h]] == b_]
+                    if len(members):
+                        groups.append((members, volume_at(bases[h], coef[members].mean(0))))
+            _global_stage(data, groups, rots, shifts, cfg, progress, group=group)
         changed = float((rots - before).abs().amax((1, 2)).gt(0).float().mean())
-        hist.append({"stage": "global", "cycle": cycle, "radius_px": cfg.global_radius_px,
+        hist.append({"stage": "global", "cycle": cycle, "radius_px": cfg.global_radius_px, "near_bins": near,
                      "changed_fraction": round(changed, 4), "elapsed_s": time.time() - t0})
         return changed
 
     t_c = time.time()  # a cycle's duration, the global stage included, plans the next one
+    global_s = 0.0  # the last global stage's duration
     if cfg.global_search:
         global_stage(0)
+        global_s = time.time() - t_c
 
     gauge_s = 0.0  # duration of a gauge fix, kept free of local rounds at the end
 
@@ -682,12 +762,16 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
     cycle = 1
     while (not ended and cfg.global_search and cfg.refine_steps_deg and time_limit_s is not None
            and cycle <= cfg.max_cycles):
-        cycle_s = time.time() - t_c
+        # the last cycle's duration, its global stage scaled to the volumes this one searches
+        ratio = volumes_per_particle(near_bins(cycle)) / volumes_per_particle(near_bins(cycle - 1))
+        cycle_s = time.time() - t_c + (ratio - 1) * global_s
         if group.any(past(time_limit_s, cycle_s + gauge_s) or past(hard_limit_s, cycle_s + gauge_s + finish)):
             hist.append({"stage": "cycle-skipped", "cycle": cycle, "elapsed_s": time.time() - t0})
             break
         t_c = time.time()
-        if global_stage(cycle) < cfg.settle_global:
+        changed = global_stage(cycle)
+        global_s = time.time() - t_c
+        if changed < cfg.settle_global:
             break
         ended = local_rounds(cycle)
         cycle += 1

@@ -366,3 +366,51 @@ def test_time_left_under_the_limit_goes_to_further_cycles(hetero_set):
     # deg median); the d = 32 benchmarks measure what the cycles do at the sizes users run
     changed = [h["changed_fraction"] for h in more.history if h["stage"] == "global"]
     assert changed[0] > 2 * changed[1] > 4 * changed[2], changed
+
+
+def test_a_global_stage_over_no_neighbouring_bins_is_the_own_bin_stage(hetero_set):
+    """``_global_stage_near`` with ``near = 0`` searches each particle against its own
+    bin's volume only, exactly as the first cycle's stage does; with every bin it never
+    leaves a particle fitting worse than its pose before did its own bin's volume, and its
+    fits, the best over the bins, are on average at least as good as the own-bin stage's."""
+    from cryofire_nb.hetero import _global_stage, _global_stage_near, fit_basis, pc1_bins, volume_at
+
+    s, hd, t = hetero_set
+    gt = read_poses(s.poses)
+    n = len(t)
+    truth = torch.as_tensor(gt.rots).float()
+    sh = torch.as_tensor(gt.shift_px(D)).float()
+    cfg = HeteroRefineConfig(n_components=1, grid=(300, 24), global_radius_px=6, n_bins=4)
+    coef = pc_map(t[:, None], 1).coefficients(t[:, None]).float()
+    everyone = torch.arange(n)
+    basis = fit_basis(hd, truth, sh, coef, everyone, cfg)
+    start = _perturb(truth, 15.0, 7)
+    bins = pc1_bins(coef, cfg.n_bins)
+    halves = [everyone[everyone % 2 == 0], everyone[everyone % 2 == 1]]
+    groups = [(halves[h][bins[halves[h]] == b], volume_at(basis, coef[halves[h][bins[halves[h]] == b]].mean(0)))
+              for h in (0, 1) for b in range(cfg.n_bins)]
+    own_r, own_s = start.clone(), sh.clone()
+    _global_stage(hd, groups, own_r, own_s, cfg, progress=False)
+    zero_r, zero_s = start.clone(), sh.clone()
+    _global_stage_near(hd, halves, [basis, basis], coef, bins, zero_r, zero_s, cfg, 0, progress=False)
+    torch.testing.assert_close(zero_r, own_r)
+    torch.testing.assert_close(zero_s, own_s)
+
+    all_r, all_s = start.clone(), sh.clone()
+    _global_stage_near(hd, halves, [basis, basis], coef, bins, all_r, all_s, cfg, None, progress=False)
+    lat = hd.lattice
+    index = torch.nonzero(lat.mask(cfg.global_radius_px, exclude_dc=True)).squeeze(1)
+    eye, zero = torch.eye(3)[None], torch.zeros(1, 2)
+
+    def fit(r, s_, b):  # squared error of every particle at (r, s_) against bin b's volume
+        x, c = hd.rows(everyone)
+        vol = volume_at(basis, coef[bins == b].mean(0))
+        return local_search_basis(x, c, vol[None], torch.ones(n, 1), lat, index, r, s_, eye, zero).sq_err
+
+    errs_all = torch.stack([fit(all_r, all_s, b) for b in range(cfg.n_bins)])
+    own_fit = fit(start, sh, 0).clone()
+    for b in range(cfg.n_bins):
+        own_fit[bins == b] = fit(start, sh, b)[bins == b]
+    assert (errs_all.min(0).values <= own_fit + 1e-3 * own_fit.abs()).all()  # never worse than before
+    errs_own = torch.stack([fit(own_r, own_s, b) for b in range(cfg.n_bins)]).min(0).values
+    assert errs_all.min(0).values.mean() <= errs_own.mean()  # the best over the bins: at least as good
