@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import common  # noqa: E402
 
 
 def main() -> None:
     from cryofire_nb.abinit import AbinitConfig, _em_stage, _index, _start_generator, start_score
-    from cryofire_nb.hartley_data import HartleyData
-    from cryofire_nb.io import read_ctf, read_poses
+    from cryofire_nb.io import read_poses
     from cryofire_nb.metrics import evaluate_run
     from cryofire_nb.parallel import Alone
     from cryofire_nb.rotations import so3_grid
@@ -39,15 +40,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the run's --seed (default 0, as train)")
     ap.add_argument("--name", help="result name (default: the folder's parent name)")
     args = ap.parse_args()
-    from cryofire_nb.train.data import ParticleData
-
     name = args.name or args.data.resolve().parent.name
-    hd = HartleyData.from_images(ParticleData(args.data / "particles.mrcs", ctf=args.data / "ctf.pkl"),
-                                 read_ctf(args.data / "ctf.pkl").table)
+    hd = common.hartley_set(args.data)
     gt = read_poses(args.data / "poses.pkl")
-    labels = None
-    if (args.data / "labels.pkl").is_file():
-        labels = np.asarray(pickle.load(open(args.data / "labels.pkl", "rb"))).ravel()
+    labels = common.true_labels(args.data)
     lat, d, n = hd.lattice, hd.lattice.d, hd.n_particles
     cfg = AbinitConfig.for_box(d, None, seed=args.seed, refine_rounds=0, n_starts=args.starts)
     # the pipeline's sample (run_abinit's _best_start draws it the same way)

@@ -31,3 +31,26 @@ def simulate_demo(out: Path, n: int) -> Path:
         subprocess.run([sys.executable, "-m", "cryofire_nb", "simulate", str(config), "--n-particles", str(n),
                         "-o", str(out), "--overwrite"], check=True, cwd=REPO)
     return out
+
+
+def hartley_set(data: Path):
+    """The simulated set in ``data`` (a ``cryofire-nb simulate`` folder) as the pose
+    search and refinement read it: particles.mrcs with its ctf.pkl as Hartley rows."""
+    from cryofire_nb.hartley_data import HartleyData
+    from cryofire_nb.io import read_ctf
+    from cryofire_nb.train.data import ParticleData
+
+    return HartleyData.from_images(ParticleData(data / "particles.mrcs", ctf=data / "ctf.pkl"),
+                                   read_ctf(data / "ctf.pkl").table)
+
+
+def true_labels(data: Path):
+    """The true state of each particle (labels.pkl) as an int array, or None for a
+    continuous set."""
+    import numpy as np
+
+    from cryofire_nb.io.pkl import load_pickles
+
+    if not (data / "labels.pkl").is_file():
+        return None
+    return np.asarray(load_pickles(data / "labels.pkl")[0]).reshape(-1).astype(int)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -24,28 +24,24 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import common  # noqa: E402
 
 
 def main() -> None:
     from cryofire_nb.abinit import AbinitConfig, run_abinit
-    from cryofire_nb.hartley_data import HartleyData
     from cryofire_nb.hetero import local_search_basis
-    from cryofire_nb.io import read_ctf, read_poses
+    from cryofire_nb.io import read_poses
     from cryofire_nb.metrics import evaluate_run
-    from cryofire_nb.train.data import ParticleData
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="folder written by cryofire-nb simulate")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--name", help="result name (default: the folder's parent name)")
     args = ap.parse_args()
     name = args.name or args.data.resolve().parent.name
-    hd = HartleyData.from_images(ParticleData(args.data / "particles.mrcs", ctf=args.data / "ctf.pkl"),
-                                 read_ctf(args.data / "ctf.pkl").table)
+    hd = common.hartley_set(args.data)
     gt = read_poses(args.data / "poses.pkl")
-    labels = None
-    if (args.data / "labels.pkl").is_file():
-        labels = np.asarray(pickle.load(open(args.data / "labels.pkl", "rb"))).ravel()
+    labels = common.true_labels(args.data)
     d, lat = hd.lattice.d, hd.lattice
     sample = torch.arange(min(2000, hd.n_particles))
     rows = []

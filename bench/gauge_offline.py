@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -23,30 +24,28 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import common  # noqa: E402
 
 FIXES = {"ls": {}, "robust": {"robust": True}, "trimmed 0.5": {"keep": 0.5}, "trimmed 0.75": {"keep": 0.75},
          "trimmed 0.85": {"keep": 0.85}}
 
 
 def main() -> None:
-    from cryofire_nb.hartley_data import HartleyData
     from cryofire_nb.hetero import HeteroRefineConfig, fit_basis, gauge_rotations, pc_map
-    from cryofire_nb.io import read_ctf, read_poses
+    from cryofire_nb.io import read_poses
     from cryofire_nb.io.pkl import load_pickles
     from cryofire_nb.metrics import evaluate_run
-    from cryofire_nb.train.data import ParticleData
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("work", type=Path, help="bench/default_pipeline.py's folder (data/ and run/)")
     ap.add_argument("--tag", default="", help="suffix of the result file's name")
     args = ap.parse_args()
     data, run = args.work / "data", args.work / "run"
-    hd = HartleyData.from_images(ParticleData(data / "particles.mrcs", ctf=data / "ctf.pkl"),
-                                 read_ctf(data / "ctf.pkl").table)
+    hd = common.hartley_set(data)
     d, n = hd.lattice.d, hd.n_particles
     gt, tab = read_poses(data / "poses.pkl"), read_poses(run / "poses.pkl")
-    if (data / "labels.pkl").is_file():
-        lab = np.asarray(load_pickles(data / "labels.pkl")[0]).reshape(-1).astype(int)
+    lab = common.true_labels(data)
+    if lab is not None:
         groups = [(f"state {k}", lab == k) for k in np.unique(lab)]
     else:
         t = np.asarray(load_pickles(data / "conf.pkl")[0], dtype=np.float64).reshape(-1)

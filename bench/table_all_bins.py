@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -22,18 +23,17 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import common  # noqa: E402
 
 
 def main() -> None:
-    from cryofire_nb.hartley_data import HartleyData
     from cryofire_nb.hetero import HeteroRefineConfig, fit_basis, local_search_basis, pc1_bins, pc_map, volume_at
-    from cryofire_nb.io import read_ctf, read_poses
+    from cryofire_nb.io import read_poses
     from cryofire_nb.io.pkl import load_pickles
     from cryofire_nb.metrics import evaluate_run
     from cryofire_nb.rotations import so3_grid
     from cryofire_nb.search import global_search, shift_grid
-    from cryofire_nb.train.data import ParticleData
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("work", type=Path, help="bench/default_pipeline.py's folder (data/ and run/)")
     ap.add_argument("--bins", type=int, default=6, help="PC1 bins (the refinement's n_bins, default 6)")
@@ -41,12 +41,11 @@ def main() -> None:
                     help="search only the bins within K of the particle's own (default: every bin)")
     args = ap.parse_args()
     data, run = args.work / "data", args.work / "run"
-    hd = HartleyData.from_images(ParticleData(data / "particles.mrcs", ctf=data / "ctf.pkl"),
-                                 read_ctf(data / "ctf.pkl").table)
+    hd = common.hartley_set(data)
     d, lat, n = hd.lattice.d, hd.lattice, hd.n_particles
     gt, tab = read_poses(data / "poses.pkl"), read_poses(run / "poses.pkl")
-    if (data / "labels.pkl").is_file():
-        lab = np.asarray(load_pickles(data / "labels.pkl")[0]).reshape(-1).astype(int)
+    lab = common.true_labels(data)
+    if lab is not None:
         groups = [(f"state {k}", lab == k) for k in np.unique(lab)]
     else:
         t = np.asarray(load_pickles(data / "conf.pkl")[0], dtype=np.float64).reshape(-1)

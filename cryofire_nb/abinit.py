@@ -303,19 +303,18 @@ def start_score(data: HartleyData, cfg: AbinitConfig, vol_h: Tensor, sigma2: flo
     grid_f = so3_grid(*cfg.grid_fine, dtype=dt, device=dev)
     shifts_f = shift_grid(cfg.max_shift_px, cfg.shift_step_fine_px, dtype=dt).to(dev)
     model = _VolumeModel(lat.d, cfg, dt, dev)
-    found = []
+    found = []  # the sample's rows are kept for the residual (a fixed sample, not the stack)
     for j in range(lo, hi, cfg.batch_size_full):
         x, c = data.rows(sample[j:min(hi, j + cfg.batch_size_full)])
         res = global_search(x, c, vol_h, lat, index, grid_f, shifts_f, sigma2)
         model.acc.add(x, c, lat, _index(lat, cfg.radius_end_px + 2, dc=True), res.rots, res.shifts_px)
-        found.append((res.rots[:, 0], res.shifts_px[:, 0]))
+        found.append((x, c, res.rots[:, 0], res.shifts_px[:, 0]))
     group.sum_(model.acc.num)
     group.sum_(model.acc.den)
     refit = model.volume()
     total = torch.zeros(2, dtype=torch.float64, device=dev)
     eye, zero = torch.eye(3, dtype=dt, device=dev)[None], torch.zeros(1, 2, dtype=dt, device=dev)
-    for (rots, shifts), j in zip(found, range(lo, hi, cfg.batch_size_full)):
-        x, c = data.rows(sample[j:min(hi, j + cfg.batch_size_full)])
+    for x, c, rots, shifts in found:
         fit = local_search(x, c, refit, lat, index, rots, shifts, eye, zero, 1.0)
         total[0] += fit.sq_err.double().sum()
         total[1] += len(rots)

@@ -464,7 +464,8 @@ def _global_stage_near(data: HartleyData, halves: list, bases: list, coef: Tenso
             own_bin.append((True, (h, b), mine[bin_of[mine] == b]))
             searched.append((False, (h, b), mine if near is None else mine[(bin_of[mine] - b).abs() <= near]))
     best = torch.full((n,), float("inf"), dtype=dt, device=dev)
-    bar = tqdm(total=sum(len(m) for _, _, m in own_bin + searched), desc="global search (near bins)",
+    what = "" if near == 0 else " (every bin)" if near is None else f" (bins within {near})"
+    bar = tqdm(total=sum(len(m) for _, _, m in own_bin + searched), desc=f"global search{what}",
                disable=not progress)
     stopped = False
     # first the current poses against their own bin's volume, then the searches
@@ -709,17 +710,8 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         bases = update_latents()
         bin_of = pc1_bins(coef, cfg.n_bins)
         before = rots.clone()
-        near = near_bins(cycle)
-        if near:
-            _global_stage_near(data, halves, bases, coef, bin_of, rots, shifts, cfg, near, progress, group=group)
-        else:
-            groups = []
-            for h in (0, 1):
-                for b_ in range(cfg.n_bins):
-                    members = halves[h][bin_of[halves[h]] == b_]
-                    if len(members):
-                        groups.append((members, volume_at(bases[h], coef[members].mean(0))))
-            _global_stage(data, groups, rots, shifts, cfg, progress, group=group)
+        near = near_bins(cycle)  # 0: each particle's own bin (the test pins it to _global_stage's search)
+        _global_stage_near(data, halves, bases, coef, bin_of, rots, shifts, cfg, near, progress, group=group)
         changed = float((rots - before).abs().amax((1, 2)).gt(0).float().mean())
         hist.append({"stage": "global", "cycle": cycle, "radius_px": cfg.global_radius_px, "near_bins": near,
                      "changed_fraction": round(changed, 4), "elapsed_s": time.time() - t0})

@@ -446,3 +446,4 @@ def test_a_global_stage_over_no_neighbouring_bins_is_the_own_bin_stage(hetero_se
     assert (errs_all.min(0).values <= own_fit + 1e-3 * own_fit.abs()).all()  # never worse than before
     errs_own = torch.stack([fit(own_r, own_s, b) for b in range(cfg.n_bins)]).min(0).values
     assert errs_all.min(0).values.mean() <= errs_own.mean()  # the best over the bins: at least as good
+
