@@ -44,7 +44,8 @@ ends at 3.0-3.3 deg. Given poses and a first z (the encoder's), this module
    (``max_cycles``): the global stage again, against the volumes that the rounds have
    sharpened, each particle now also against the bins next to its own (``cycle_bins``),
    then the schedule again; they end when a global stage moves fewer than
-   ``settle_global`` of the particles.
+   ``settle_global`` of the particles. Time that cannot hold a further cycle goes to
+   rounds at the finest step (``tail_rounds``).
 
 The volume is linear in the scores, so a local round combines each particle's volume
 ``sum_k a_ik V_k`` once and interpolates its candidate slices from it
@@ -150,6 +151,11 @@ class HeteroRefineConfig:
     # conformation's particles binned with a volume that blends it with the majority find
     # their poses against the neighbouring bin's (bench/results/table_all_bins_*.json)
     cycle_bins: int | None = 1
+    # when the time left under the limit cannot hold a further cycle, it goes to rounds at
+    # the schedule's finest step (the rounds at its end still move a fifth to a half of the
+    # particles on the d=32 sets), until one moves fewer than tail_settle of the particles
+    tail_rounds: bool = True
+    tail_settle: float = 0.02
     batch_size: int = 256
     seed: int = 0
 
@@ -532,10 +538,11 @@ def _local_round(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, 
     return float(counts[0]) / max(float(counts[1]), 1.0)
 
 
-def _unsettled(cfg: HeteroRefineConfig, rnd: int, moved: float) -> bool:
-    """Round ``rnd`` repeated the previous round's step and still moved more than
-    ``cfg.settle_fraction`` of the particles: the poses are not settling (see the config)."""
-    steps = cfg.refine_steps_deg
+def _unsettled(cfg: HeteroRefineConfig, rnd: int, moved: float, steps: tuple | None = None) -> bool:
+    """Round ``rnd`` of ``steps`` (default ``cfg.refine_steps_deg``) repeated the previous
+    round's step and still moved more than ``cfg.settle_fraction`` of the particles: the
+    poses are not settling (see the config)."""
+    steps = cfg.refine_steps_deg if steps is None else steps
     return rnd > 0 and steps[rnd] == steps[rnd - 1] and moved > cfg.settle_fraction
 
 
@@ -746,11 +753,16 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
     def past(limit: float | None, ahead: float) -> bool:
         return limit is not None and time.time() - t0 + ahead > limit
 
-    def local_rounds(cycle: int) -> bool:
-        """The schedule of local rounds; True when time or an unsettled round ended it."""
+    def local_rounds(cycle: int, tail: bool = False) -> bool:
+        """The schedule of local rounds; True when time or an unsettled round ended it.
+        ``tail``: rounds at the finest step instead, until time ends them or one moves
+        fewer than ``cfg.tail_settle`` of the particles."""
         nonlocal rots, shifts, last, finish
-        for rnd, step in enumerate(cfg.refine_steps_deg):
-            first = cycle == 0 and rnd < cfg.min_local_rounds
+        steps = cfg.refine_steps_deg
+        if tail:  # the time limit ends them (decided together by every process), not the count
+            steps = (steps[-1],) * 1000
+        for rnd, step in enumerate(steps):
+            first = cycle == 0 and rnd < cfg.min_local_rounds and not tail
             if group.any((not first and past(time_limit_s, last + gauge_s))
                          or past(hard_limit_s, last + gauge_s + finish)):
                 hist.append({"stage": "local-skipped", "cycle": cycle, "round": rnd, "elapsed_s": time.time() - t0})
@@ -764,7 +776,9 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
             last = time.time() - t_r
             entry = {"stage": "local", "cycle": cycle, "round": rnd, "step_deg": step, "radius_px": radius,
                      "moved_fraction": round(moved, 4), "elapsed_s": time.time() - t0}
-            if _unsettled(cfg, rnd, moved):
+            if tail:
+                entry["tail"] = True
+            if _unsettled(cfg, rnd, moved, steps):
                 rots, shifts = before  # a repeated step that still moves nearly every particle: a random walk
                 entry["stage"] = "local-undone"
                 hist.append(entry)
@@ -772,6 +786,8 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
             if monitor is not None:
                 entry.update(monitor(rots, shifts))
             hist.append(entry)
+            if tail and moved < cfg.tail_settle:
+                break
         return False
 
     ended = local_rounds(0)
@@ -787,6 +803,8 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         cycle_s = time.time() - t_c + (ratio - 1) * global_s
         if group.any(past(time_limit_s, cycle_s + gauge_s) or past(hard_limit_s, cycle_s + gauge_s + finish)):
             hist.append({"stage": "cycle-skipped", "cycle": cycle, "elapsed_s": time.time() - t0})
+            if cfg.tail_rounds:
+                local_rounds(cycle, tail=True)
             break
         t_c = time.time()
         changed = global_stage(cycle)

@@ -447,3 +447,41 @@ def test_a_global_stage_over_no_neighbouring_bins_is_the_own_bin_stage(hetero_se
     errs_own = torch.stack([fit(own_r, own_s, b) for b in range(cfg.n_bins)]).min(0).values
     assert errs_all.min(0).values.mean() <= errs_own.mean()  # the best over the bins: at least as good
 
+
+def test_time_that_cannot_hold_a_further_cycle_goes_to_rounds_at_the_finest_step(hetero_set, monkeypatch):
+    """A global stage made slow (4 s more) and a limit that leaves about half a cycle after
+    the first: the further cycle is skipped and the time goes to rounds at the schedule's
+    finest step, which stop within the limit; with ``tail_rounds=False`` it goes unused."""
+    import time as time_
+    from dataclasses import replace
+
+    import cryofire_nb.hetero as hetero_mod
+
+    s, hd, t = hetero_set
+    gt = read_poses(s.poses)
+    start = _perturb(torch.as_tensor(gt.rots), 8.0, 4)
+    sh = torch.as_tensor(gt.shift_px(D)).float()
+    cfg = HeteroRefineConfig(n_components=1, grid=(300, 24), global_radius_px=6, refine_steps_deg=(2.0, 1.0),
+                             settle_fraction=1.01, max_cycles=2, settle_global=0.0, tail_settle=0.0)
+    slow = hetero_mod._global_stage_near
+
+    def slow_stage(*a, **k):
+        time_.sleep(4.0)
+        return slow(*a, **k)
+
+    monkeypatch.setattr(hetero_mod, "_global_stage_near", slow_stage)
+    t0 = time_.time()
+    once = hetero_refine(hd, start, sh, t[:, None], cfg, progress=False)
+    cycle_s = time_.time() - t0  # one cycle and the ending (gauge "none": n_components 1)
+    limit = cycle_s + 2.0
+    res = hetero_refine(hd, start, sh, t[:, None], cfg, progress=False, time_limit_s=limit)
+    stages = [h["stage"] for h in res.history]
+    assert stages.count("global") == 1 and "cycle-skipped" in stages, stages
+    tail = [h for h in res.history if h.get("tail")]
+    assert len(tail) >= 1 and all(h["step_deg"] == 1.0 and h["cycle"] == 1 for h in tail), res.history
+    assert res.history.index(tail[0]) > stages.index("cycle-skipped")
+    assert tail[-1]["elapsed_s"] < limit + 1.0, (tail[-1], limit)
+    off = hetero_refine(hd, start, sh, t[:, None], replace(cfg, tail_rounds=False), progress=False,
+                        time_limit_s=limit)
+    assert not any(h.get("tail") for h in off.history)
+    assert [h["stage"] for h in once.history if h["stage"] == "local"] == ["local", "local"]
