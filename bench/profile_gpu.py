@@ -108,7 +108,7 @@ def profile_training(data: Path, batches: list[int], device: str, amp: bool, rep
             key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
             op_table.write_text(f"# d={tr.d}, batch {b}, 5 training steps, amp={tr.amp}\n"
                                 + prof.key_averages().table(sort_by=key, row_limit=25))
-        del tr
+        tr = None  # the model goes before the next batch size's (the closures above hold the name)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     return rows

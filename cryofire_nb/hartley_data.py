@@ -21,16 +21,10 @@ from .fft import ht2_center, symmetrize_ht
 from .errors import InputError
 from .io.records import CtfParams
 from .lattice import Lattice
+from .model.preprocess import real_space_window
 from .validate import check_ctf_table
 
 Tensor = torch.Tensor
-
-
-def soft_window(d: int, inner: float = 0.85, outer: float = 0.99, dtype=torch.float32) -> Tensor:
-    """Real-space circular window (d, d): 1 within ``inner`` of the half box, linear to 0 at ``outer``."""
-    r = (torch.arange(d, dtype=torch.float64) - d // 2) / (d / 2)
-    rr = torch.sqrt(r[None, :] ** 2 + r[:, None] ** 2)
-    return ((outer - rr) / (outer - inner)).clamp(0, 1).to(dtype)
 
 
 def images_to_hartley(images: Tensor, invert: bool = True, window: bool = True) -> Tensor:
@@ -39,7 +33,7 @@ def images_to_hartley(images: Tensor, invert: bool = True, window: bool = True) 
     if invert:
         x = -x
     if window:
-        x = x * soft_window(x.shape[-1], dtype=x.dtype).to(x.device)
+        x = x * real_space_window(x.shape[-1], dtype=x.dtype, device=x.device)  # the encoder's window
     return symmetrize_ht(ht2_center(x)).reshape(x.shape[0], -1)
 
 

@@ -44,8 +44,8 @@ ends at 3.0-3.3 deg. Given poses and a first z (the encoder's), this module
    (``max_cycles``): the global stage again, against the volumes that the rounds have
    sharpened, each particle now also against the bins next to its own (``cycle_bins``),
    then the schedule again; they end when a global stage moves fewer than
-   ``settle_global`` of the particles. Time that cannot hold a further cycle goes to
-   rounds at the finest step (``tail_rounds``).
+   ``settle_global`` of the particles. Time that cannot hold a further cycle can go to
+   rounds at the finest step (``tail_rounds``, off by default).
 
 The volume is linear in the scores, so a local round combines each particle's volume
 ``sum_k a_ik V_k`` once and interpolates its candidate slices from it
@@ -151,10 +151,13 @@ class HeteroRefineConfig:
     # conformation's particles binned with a volume that blends it with the majority find
     # their poses against the neighbouring bin's (bench/results/table_all_bins_*.json)
     cycle_bins: int | None = 1
-    # when the time left under the limit cannot hold a further cycle, it goes to rounds at
-    # the schedule's finest step (the rounds at its end still move a fifth to a half of the
-    # particles on the d=32 sets), until one moves fewer than tail_settle of the particles
-    tail_rounds: bool = True
+    # tail_rounds: when the time left under the limit cannot hold a further cycle, it goes to
+    # rounds at the schedule's finest step, until one moves fewer than tail_settle of the
+    # particles; otherwise back to the caller (the encoder's training). Off: on the four
+    # d=32 sets five such rounds (8-19% of the particles moving) changed the table's median
+    # by -0.30 to +0.12 deg and cost the encoder 2.2 deg on average
+    # (bench/results/default_pipeline_*_tail_rounds.md against default_pipeline_*.md)
+    tail_rounds: bool = False
     tail_settle: float = 0.02
     batch_size: int = 256
     seed: int = 0

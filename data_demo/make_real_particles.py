@@ -48,8 +48,6 @@ AMPLITUDE_CONTRAST = 0.1
 
 
 def read_micrograph(tarball: Path):
-    import mrcfile
-
     data = tarball.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != SHA256:

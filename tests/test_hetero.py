@@ -451,7 +451,8 @@ def test_a_global_stage_over_no_neighbouring_bins_is_the_own_bin_stage(hetero_se
 def test_time_that_cannot_hold_a_further_cycle_goes_to_rounds_at_the_finest_step(hetero_set, monkeypatch):
     """A global stage made slow (4 s more) and a limit that leaves about half a cycle after
     the first: the further cycle is skipped and the time goes to rounds at the schedule's
-    finest step, which stop within the limit; with ``tail_rounds=False`` it goes unused."""
+    finest step, which stop within the limit; with ``tail_rounds=False`` (the default) it
+    goes unused."""
     import time as time_
     from dataclasses import replace
 
@@ -462,7 +463,8 @@ def test_time_that_cannot_hold_a_further_cycle_goes_to_rounds_at_the_finest_step
     start = _perturb(torch.as_tensor(gt.rots), 8.0, 4)
     sh = torch.as_tensor(gt.shift_px(D)).float()
     cfg = HeteroRefineConfig(n_components=1, grid=(300, 24), global_radius_px=6, refine_steps_deg=(2.0, 1.0),
-                             settle_fraction=1.01, max_cycles=2, settle_global=0.0, tail_settle=0.0)
+                             settle_fraction=1.01, max_cycles=2, settle_global=0.0, tail_rounds=True,
+                             tail_settle=0.0)
     slow = hetero_mod._global_stage_near
 
     def slow_stage(*a, **k):
