@@ -54,3 +54,49 @@ def true_labels(data: Path):
     if not (data / "labels.pkl").is_file():
         return None
     return np.asarray(load_pickles(data / "labels.pkl")[0]).reshape(-1).astype(int)
+
+
+class FinishedRun:
+    """A finished ``bench/default_pipeline.py`` folder (``data/`` and ``run/``) as the
+    table studies read it: the particles, the truth grouped by conformation (each state,
+    or t below 0.2 / between / above 0.8), the run's pose table and z, and the volume basis
+    refitted to that table with the refinement's settings for the box."""
+
+    def __init__(self, work: Path):
+        import numpy as np
+        import torch
+
+        from cryofire_nb.hetero import HeteroRefineConfig, fit_basis, pc_map
+        from cryofire_nb.io import read_poses
+        from cryofire_nb.io.pkl import load_pickles
+
+        data, run = work / "data", work / "run"
+        self.hd = hartley_set(data)
+        self.d, self.n = self.hd.lattice.d, self.hd.n_particles
+        self.gt, tab = read_poses(data / "poses.pkl"), read_poses(run / "poses.pkl")
+        lab = true_labels(data)
+        if lab is not None:
+            self.groups = [(f"state {k}", lab == k) for k in np.unique(lab)]
+        else:
+            t = np.asarray(load_pickles(data / "conf.pkl")[0], dtype=np.float64).reshape(-1)
+            self.groups = [("t < 0.2", t < 0.2), ("0.2 <= t <= 0.8", (t >= 0.2) & (t <= 0.8)), ("t > 0.8", t > 0.8)]
+        z = np.asarray(load_pickles(run / "z.pkl")[0], dtype=np.float64)
+        self.rots = torch.as_tensor(tab.rots).float()
+        self.shifts = torch.as_tensor(tab.shift_px(self.d)).float()
+        self.cfg = HeteroRefineConfig.for_box(self.d)
+        self.coef = pc_map(z, self.cfg.n_components).coefficients(z).float()
+        self.basis = fit_basis(self.hd, self.rots, self.shifts, self.coef, torch.arange(self.n), self.cfg)
+
+    def summary(self, rots) -> dict:
+        """Median / mean view error of ``rots`` (N, 3, 3) against the truth after one global
+        alignment, and per group the median and the fraction past 20 deg."""
+        import numpy as np
+
+        from cryofire_nb.metrics import evaluate_run
+
+        e = np.asarray(evaluate_run(rots.double().numpy(), None, self.gt.rots, None, self.d).rotations.view_deg)
+        out = {"view_median_deg": float(np.median(e)), "view_mean_deg": float(e.mean())}
+        for name, sel in self.groups:
+            out[name] = {"n": int(sel.sum()), "view_median_deg": float(np.median(e[sel])),
+                         "over_20deg": float((e[sel] > 20).mean())}
+        return out

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,50 +31,27 @@ FIXES = {"ls": {}, "robust": {"robust": True}, "trimmed 0.5": {"keep": 0.5}, "tr
 
 
 def main() -> None:
-    from cryofire_nb.hetero import HeteroRefineConfig, fit_basis, gauge_rotations, pc_map
-    from cryofire_nb.io import read_poses
-    from cryofire_nb.io.pkl import load_pickles
-    from cryofire_nb.metrics import evaluate_run
+    from cryofire_nb.hetero import gauge_rotations
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("work", type=Path, help="bench/default_pipeline.py's folder (data/ and run/)")
     ap.add_argument("--tag", default="", help="suffix of the result file's name")
     args = ap.parse_args()
-    data, run = args.work / "data", args.work / "run"
-    hd = common.hartley_set(data)
-    d, n = hd.lattice.d, hd.n_particles
-    gt, tab = read_poses(data / "poses.pkl"), read_poses(run / "poses.pkl")
-    lab = common.true_labels(data)
-    if lab is not None:
-        groups = [(f"state {k}", lab == k) for k in np.unique(lab)]
-    else:
-        t = np.asarray(load_pickles(data / "conf.pkl")[0], dtype=np.float64).reshape(-1)
-        groups = [("t < 0.2", t < 0.2), ("0.2 <= t <= 0.8", (t >= 0.2) & (t <= 0.8)), ("t > 0.8", t > 0.8)]
-    z = np.asarray(load_pickles(run / "z.pkl")[0], dtype=np.float64)
-    rots, shifts = torch.as_tensor(tab.rots).float(), torch.as_tensor(tab.shift_px(d)).float()
-    cfg = HeteroRefineConfig.for_box(d)
-    coef = pc_map(z, cfg.n_components).coefficients(z).float()
-    basis = fit_basis(hd, rots, shifts, coef, torch.arange(n), cfg)
-
-    def summary(r: torch.Tensor) -> dict:
-        e = np.asarray(evaluate_run(r.double().numpy(), None, gt.rots, None, d).rotations.view_deg)
-        out = {"view_median_deg": float(np.median(e)), "view_mean_deg": float(e.mean())}
-        for name, sel in groups:
-            out[name] = {"n": int(sel.sum()), "view_median_deg": float(np.median(e[sel])),
-                         "over_20deg": float((e[sel] > 20).mean())}
-        return out
-
+    fr = common.FinishedRun(args.work)
+    cfg, rots, summary = fr.cfg, fr.rots, fr.summary
+    run = args.work / "run"
     run_cfg = [e["config"] for e in json.loads((run / "history.json").read_text()).get("events", [])
                if isinstance(e, dict) and "config" in e]
     out = {"work": str(args.work), "run_gauge": {k: run_cfg[-1].get(k) for k in ("gauge", "gauge_keep")} if run_cfg
            else None, "n_bins": cfg.n_bins, "table": summary(rots), "fixes": {}}
     for name, kw in FIXES.items():
         t0 = time.time()
-        q = gauge_rotations(basis, coef, cfg.n_bins, **kw)
+        q = gauge_rotations(fr.basis, fr.coef, cfg.n_bins, **kw)
         res = summary(rots @ q.transpose(1, 2))
         res["seconds"] = round(time.time() - t0, 1)
         out["fixes"][name] = res
         print(f"{name:14s} view median {res['view_median_deg']:.2f} mean {res['view_mean_deg']:.2f} deg | "
-              + " | ".join(f"{g}: {res[g]['view_median_deg']:.2f}" for g, _ in groups), flush=True)
+              + " | ".join(f"{g}: {res[g]['view_median_deg']:.2f}" for g, _ in fr.groups), flush=True)
     out.update(threads=torch.get_num_threads(), machine=f"{platform.machine()}, {os.cpu_count()} cores")
     path = ROOT / "bench" / "results" / f"gauge_offline_{args.work.resolve().name}{args.tag}.json"
     path.write_text(json.dumps(out, indent=1))

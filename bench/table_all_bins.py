@@ -28,43 +28,21 @@ import common  # noqa: E402
 
 
 def main() -> None:
-    from cryofire_nb.hetero import HeteroRefineConfig, fit_basis, local_search_basis, pc1_bins, pc_map, volume_at
-    from cryofire_nb.io import read_poses
-    from cryofire_nb.io.pkl import load_pickles
-    from cryofire_nb.metrics import evaluate_run
+    from cryofire_nb.hetero import local_search_basis, pc1_bins, volume_at
     from cryofire_nb.rotations import so3_grid
     from cryofire_nb.search import global_search, shift_grid
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("work", type=Path, help="bench/default_pipeline.py's folder (data/ and run/)")
     ap.add_argument("--bins", type=int, default=6, help="PC1 bins (the refinement's n_bins, default 6)")
     ap.add_argument("--neighbours", type=int, default=None, metavar="K",
                     help="search only the bins within K of the particle's own (default: every bin)")
     args = ap.parse_args()
-    data, run = args.work / "data", args.work / "run"
-    hd = common.hartley_set(data)
-    d, lat, n = hd.lattice.d, hd.lattice, hd.n_particles
-    gt, tab = read_poses(data / "poses.pkl"), read_poses(run / "poses.pkl")
-    lab = common.true_labels(data)
-    if lab is not None:
-        groups = [(f"state {k}", lab == k) for k in np.unique(lab)]
-    else:
-        t = np.asarray(load_pickles(data / "conf.pkl")[0], dtype=np.float64).reshape(-1)
-        groups = [("t < 0.2", t < 0.2), ("0.2 <= t <= 0.8", (t >= 0.2) & (t <= 0.8)), ("t > 0.8", t > 0.8)]
-    z = np.asarray(load_pickles(run / "z.pkl")[0], dtype=np.float64)
-    rots, shifts = torch.as_tensor(tab.rots).float(), torch.as_tensor(tab.shift_px(d)).float()
-    cfg = HeteroRefineConfig.for_box(d)
-    coef = pc_map(z, cfg.n_components).coefficients(z).float()
-    basis = fit_basis(hd, rots, shifts, coef, torch.arange(n), cfg)
+    fr = common.FinishedRun(args.work)
+    hd, lat, n, cfg, groups, summary = fr.hd, fr.hd.lattice, fr.n, fr.cfg, fr.groups, fr.summary
+    rots, shifts, coef = fr.rots, fr.shifts, fr.coef
     bins = pc1_bins(coef, args.bins)
-    vols = [volume_at(basis, coef[bins == b].mean(0)) for b in range(args.bins)]
-
-    def summary(r: torch.Tensor) -> dict:
-        e = np.asarray(evaluate_run(r.double().numpy(), None, gt.rots, None, d).rotations.view_deg)
-        out = {"view_median_deg": float(np.median(e)), "view_mean_deg": float(e.mean())}
-        for name, sel in groups:
-            out[name] = {"n": int(sel.sum()), "view_median_deg": float(np.median(e[sel])),
-                         "over_20deg": float((e[sel] > 20).mean())}
-        return out
+    vols = [volume_at(fr.basis, coef[bins == b].mean(0)) for b in range(args.bins)]
 
     index = torch.nonzero(lat.mask(cfg.global_radius_px, exclude_dc=True)).squeeze(1)
     grid = so3_grid(*cfg.grid, dtype=hd.dtype)
