@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import common  # noqa: E402
 
 FIXES = {"ls": {}, "robust": {"robust": True}, "trimmed 0.5": {"keep": 0.5}, "trimmed 0.75": {"keep": 0.75},
-         "trimmed 0.85": {"keep": 0.85}}
+         "trimmed 0.85": {"keep": 0.85}, "trimmed 0.75, PC1 and PC2": {"keep": 0.75, "axes": 2}}
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
         res = summary(rots @ q.transpose(1, 2))
         res["seconds"] = round(time.time() - t0, 1)
         out["fixes"][name] = res
-        print(f"{name:14s} view median {res['view_median_deg']:.2f} mean {res['view_mean_deg']:.2f} deg | "
+        print(f"{name:26s} view median {res['view_median_deg']:.2f} mean {res['view_mean_deg']:.2f} deg | "
               + " | ".join(f"{g}: {res[g]['view_median_deg']:.2f}" for g, _ in fr.groups), flush=True)
     out.update(threads=torch.get_num_threads(), machine=f"{platform.machine()}, {os.cpu_count()} cores")
     path = ROOT / "bench" / "results" / f"gauge_offline_{args.work.resolve().name}{args.tag}.json"

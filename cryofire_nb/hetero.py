@@ -110,6 +110,10 @@ class HeteroRefineConfig:
     shift_step_ratio: float = 0.125  # local shift offsets: this x the rotation step (deg -> px)
     estimate_latents: bool = True  # re-estimate each particle's scores by least squares against the basis
     latent_prior: float = 1.0  # weight of the N(0, I) prior on the scores (data in units of the noise)
+    # the principal components of the scores (the latent table, its PC1 bins and the
+    # gauge's bins): "volume" measures the scores' variation by the change of the volumes
+    # they weight, "scores" by the scores themselves (see pc_map)
+    latent_metric: str = "volume"
     reg_fraction: float = 0.01  # Wiener-like regulariser, fraction of the mean CTF^2 weight (0.1: +0.05-0.07 deg)
     support_radius: float = 0.4  # real-space support, fraction of the box
     # the relative frame of the conformations (see gauge_rotations): each PC1 bin's volume is
@@ -125,6 +129,10 @@ class HeteroRefineConfig:
     # round (a single domain), which leaves its rotation open (bin rotations of 13 deg on
     # the 16-px test set at 0.5); on the d=32 sets 0.5-0.75 gave the same tables, 0.85 less
     gauge_keep: float = 0.75
+    # how many principal components' bins the gauge superposes (see gauge_rotations): 2
+    # did not find the frames of the T-cell receptor's ends that PC1's bins miss
+    # (bench/results/gauge_offline_tcr_continuous_d32_volume_metric_run.json)
+    gauge_axes: int = 1
     # convergence: a round at the same step as the one before that still moves more than this
     # fraction of the particles is undone and the rounds stop (the poses are not settling:
     # each round a random walk of one step, the volumes following). Measured fractions of
@@ -192,6 +200,10 @@ class HeteroRefineConfig:
             raise ValueError("cycle_bins is None (every bin) or >= 0")
         if self.gauge not in ("none", "ls", "robust", "trimmed"):
             raise ValueError(f"gauge must be 'none', 'ls', 'robust' or 'trimmed', not {self.gauge!r}")
+        if self.gauge_axes < 1:
+            raise ValueError("gauge_axes >= 1 is required")
+        if self.latent_metric not in ("volume", "scores"):
+            raise ValueError(f"latent_metric must be 'volume' or 'scores', not {self.latent_metric!r}")
         if not 0 < self.gauge_keep <= 1:
             raise ValueError("gauge_keep is a fraction of the density voxels in (0, 1]")
 
@@ -220,10 +232,19 @@ class PCMap:
         return torch.cat([ones, (z - self.mean) @ self.w], 1).float()
 
 
-def pc_map(z, n_components: int) -> PCMap:
+def pc_map(z, n_components: int, basis: Tensor | None = None) -> PCMap:
     """The first q principal components of ``z`` (N, k), all scores scaled by one factor
     that gives PC1 unit variance (sign: PC1 correlates positively with z's first column,
-    for reproducibility)."""
+    for reproducibility).
+
+    ``basis`` (k, m, m, m), the volumes that ``z`` weights (a particle's volume changes by
+    ``sum_j z_j basis[j]``): the components are those of the volumes' variation instead
+    of z's, i.e. of ``z`` in the metric ``G = <basis_i, basis_j>``. The scores that a
+    linear model reads off the images are not in orthonormal units of volume (the basis
+    volumes differ in norm and overlap), and their own principal axes can mix the
+    direction along which the volumes change most with directions that barely change
+    them; in the new coordinates the basis volumes are orthogonal and of one norm.
+    Compared on finished runs by bench/latent_metric.py (bench/results/latent_metric_*.json)."""
     z = torch.as_tensor(np.asarray(z, dtype=np.float64))
     z = z.reshape(z.shape[0], -1)
     k = z.shape[1]
@@ -232,8 +253,17 @@ def pc_map(z, n_components: int) -> PCMap:
     if q == 0:
         return PCMap(mean, torch.zeros(k, 0, dtype=torch.float64))
     zc = z - mean
-    _, _, vt = torch.linalg.svd(zc, full_matrices=False)
-    w = vt[:q].T.clone()  # (k, q)
+    if basis is None:
+        _, _, vt = torch.linalg.svd(zc, full_matrices=False)
+        w = vt[:q].T.clone()  # (k, q)
+    else:
+        if basis.shape[0] != k:
+            raise ValueError(f"basis has {basis.shape[0]} volumes for {k} scores")
+        b = basis.detach().double().cpu().reshape(k, -1)
+        ev, evec = torch.linalg.eigh(b @ b.T)
+        root = evec @ torch.diag(ev.clamp_min(0).sqrt()) @ evec.T  # G^(1/2)
+        _, vec = torch.linalg.eigh(root @ (zc.T @ zc) @ root)
+        w = (root @ vec.flip(1))[:, :q].contiguous()  # scores along the volumes' principal axes
     # one scale for all: PC1 gets unit variance, the others keep their smaller share (a
     # whitened table would make PC1 of z an arbitrary direction)
     w = w / (zc @ w[:, 0]).std().clamp_min(1e-12)
@@ -361,7 +391,7 @@ def superpose(mov: Tensor, ref: Tensor, robust: bool = False, iterations: int = 
 
 
 def gauge_rotations(basis: Tensor, coef: Tensor, n_bins: int, robust: bool = False,
-                    keep: float | None = None) -> Tensor:
+                    keep: float | None = None, axes: int = 1) -> Tensor:
     """Per-particle rotations (N, 3, 3) Q_i that re-express each particle's volume in the
     frame where it is superposed on the mean volume: the images are explained equally well
     by poses ``R_i`` and volumes ``V(a)`` as by ``R_i Q(a_i)^T`` and ``V(a)`` rotated by
@@ -371,38 +401,53 @@ def gauge_rotations(basis: Tensor, coef: Tensor, n_bins: int, robust: bool = Fal
     / ``keep``); ``Q(a) = exp(w(a_1))`` with the rotation vector ``w`` interpolated
     linearly in the PC1 score between the bins' mean scores and held at the end bins' (a
     line through the bins would turn the particles of one state of a discrete set by
-    their spread in PC1). The bins say nothing about the other scores, so they are left
-    out."""
+    their spread in PC1).
+
+    ``axes`` > 1: the next principal components are treated alike, each by bins of its
+    own score and volumes at ``[1, 0, .., mean, .., 0]``, and the rotation vectors of all
+    axes are added (``w(a) = w_1(a_1) + w_2(a_2) + ...``, to first order in the
+    rotations): a motion that PC1 alone does not follow, or a frame that drifts along
+    another component, is still put in the frame of the mean volume."""
     n, k = coef.shape
     eye = torch.eye(3, dtype=coef.dtype, device=coef.device).expand(n, 3, 3)
     if k < 2:
         return eye.clone()
     ref = hartley_volume_to_real(basis[0])  # the scores are centred: V_0 is the mean volume
-    bins = pc1_bins(coef, n_bins)
-    means, omegas = [], []
-    for b_ in range(n_bins):
-        sel = bins == b_
-        if not sel.any():
-            continue
-        a = coef[sel].mean(0)
-        vol = hartley_volume_to_real(volume_at(basis, a))
-        means.append(float(a[1]))
-        omegas.append(matrix_to_axis_angle(superpose(vol, ref, robust, keep=keep).double()[None])[0].cpu())
-    a1, om = np.asarray(means), torch.stack(omegas).numpy()  # (B,), (B, 3)
-    order = np.argsort(a1)
-    x = coef[:, 1].double().cpu().numpy()
-    w = np.stack([np.interp(x, a1[order], om[order, j]) for j in range(3)], 1)
+    w = np.zeros((n, 3))
+    for j in range(1, min(axes, k - 1) + 1):
+        bins = score_bins(coef, n_bins, j)
+        means, omegas = [], []
+        for b_ in range(n_bins):
+            sel = bins == b_
+            if not sel.any():
+                continue
+            a = coef[sel].mean(0)
+            if j > 1:  # along this component only: PC1's share is PC1's bins'
+                a = torch.zeros_like(a)
+                a[0], a[j] = 1.0, coef[sel, j].mean()
+            vol = hartley_volume_to_real(volume_at(basis, a))
+            means.append(float(a[j]))
+            omegas.append(matrix_to_axis_angle(superpose(vol, ref, robust, keep=keep).double()[None])[0].cpu())
+        aj, om = np.asarray(means), torch.stack(omegas).numpy()  # (B,), (B, 3)
+        order = np.argsort(aj)
+        x = coef[:, j].double().cpu().numpy()
+        w += np.stack([np.interp(x, aj[order], om[order, i]) for i in range(3)], 1)
     return axis_angle_to_matrix(torch.as_tensor(w)).to(device=coef.device, dtype=coef.dtype)
+
+
+def score_bins(coef: Tensor, n_bins: int, j: int = 1) -> Tensor:
+    """Bin index (N,) of each particle by equal-count quantiles of the score coef[:, j]."""
+    n = coef.shape[0]
+    if coef.shape[1] <= j or n_bins == 1:
+        return torch.zeros(n, dtype=torch.long, device=coef.device)
+    x = coef[:, j].contiguous()
+    edges = torch.quantile(x.double().cpu(), torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
+    return torch.bucketize(x, edges[1:-1].to(x).contiguous())
 
 
 def pc1_bins(coef: Tensor, n_bins: int) -> Tensor:
     """Bin index (N,) of each particle by equal-count quantiles of PC1 (coef[:, 1])."""
-    n = coef.shape[0]
-    if coef.shape[1] < 2 or n_bins == 1:
-        return torch.zeros(n, dtype=torch.long, device=coef.device)
-    pc1 = coef[:, 1].contiguous()
-    edges = torch.quantile(pc1.double().cpu(), torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
-    return torch.bucketize(pc1, edges[1:-1].to(pc1).contiguous())
+    return score_bins(coef, n_bins, 1)
 
 
 def _global_stage(data: HartleyData, groups: list, rots: Tensor, shifts: Tensor, cfg: HeteroRefineConfig,
@@ -698,9 +743,17 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
         for h in (0, 1):
             lat_[halves[h]] = estimate_latents(data, bases[h], rots, shifts, halves[h], cfg.latent_prior,
                                                group=group, progress=bar(f"scores of half {h + 1} of 2"))
-        pcs = pc_map(lat_.cpu().numpy(), coef.shape[1] - 1)
+        pcs = pc_map(lat_.cpu().numpy(), coef.shape[1] - 1, basis=metric(bases))
         coef = pcs.coefficients(lat_.cpu().numpy()).to(device=dev, dtype=dt)
         return other_half_bases()
+
+    def metric(bases: list[Tensor]) -> Tensor | None:
+        """What :func:`pc_map` measures the scores' variation with: the change of the
+        volumes (the deviation volumes of every basis, joined along the voxels, so the
+        halves' metrics add), or the scores themselves."""
+        if cfg.latent_metric == "scores":
+            return None
+        return torch.cat([b[1:].reshape(b.shape[0] - 1, -1) for b in bases], 1)
 
     def near_bins(cycle: int) -> int:
         """How many bins either side of its own a particle is searched against in the
@@ -742,7 +795,7 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
             basis_all = fit_basis(data, rots, shifts, coef, torch.arange(n, device=dev), cfg, group=group,
                                   progress=bar("basis of all (gauge)"))
             q = gauge_rotations(basis_all, coef, cfg.n_bins, robust=cfg.gauge == "robust",
-                                keep=cfg.gauge_keep if cfg.gauge == "trimmed" else None)
+                                keep=cfg.gauge_keep if cfg.gauge == "trimmed" else None, axes=cfg.gauge_axes)
             rots = rots @ q.transpose(1, 2)
             gauge_s = time.time() - t_g
             hist.append({"stage": "gauge", "elapsed_s": time.time() - t0})
@@ -826,7 +879,7 @@ def hetero_refine(data: HartleyData, rots, shifts_px, z, cfg: HeteroRefineConfig
     if cfg.estimate_latents and coef.shape[1] > 1 and not late:  # final scores from the basis of all particles
         latents = estimate_latents(data, basis, rots, shifts, everyone, cfg.latent_prior,
                                    group=group, progress=bar("scores of all")).cpu().numpy()
-        pcs = pc_map(latents, coef.shape[1] - 1)
+        pcs = pc_map(latents, coef.shape[1] - 1, basis=metric([basis]))
         coef = pcs.coefficients(latents).to(device=dev, dtype=dt)
         basis = fit_basis(data, rots, shifts, coef, everyone, cfg, group=group, progress=bar("basis of all"))
     return HeteroRefineResult(rots, shifts, coef, basis, pcs, hist, asdict(cfg))
