@@ -5,9 +5,10 @@ set, the scores re-read through it, three times, as hetero_refine's updates do),
   - the true rotations (the run's shifts),
   - the run's table with each tenth of the true t aligned to the truth on its own (the
     relative frame of the conformations set as the truth's, everything else the run's),
-and |Spearman(PC1, t)| is measured with the principal components taken in the scores' own
-metric and in the volumes' (hetero.pc_map with and without the basis), beside the best
-linear combination of the scores (an upper bound for any choice of one direction).
+once with every reading's principal components taken in the scores' own metric and once in
+the volumes' (hetero.pc_map without and with the basis), and |Spearman(PC1, t)| is
+measured at the end, beside the best linear combination of the scores (an upper bound for
+any choice of one direction).
 
     python bench/latent_metric.py bench/out/tcr_continuous_d32
 """
@@ -48,22 +49,28 @@ def main() -> None:
     gt = torch.as_tensor(fr.gt.rots).double()
     q = fr.coef.shape[1] - 1
 
-    def spearman_pc1(a: np.ndarray, basis=None) -> float:
-        pcs = pc_map(a, q, basis=basis)
-        return abs(float(spearmanr(pcs.coefficients(a)[:, 1].double().numpy(), t)[0]))
-
-    def read(rots: torch.Tensor) -> dict:
-        coef, t0 = fr.coef.clone(), time.time()
+    def read(rots: torch.Tensor, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """The scores after ``args.rounds`` basis fits and readings, each reading's
+        components taken in ``metric``; returns them and their PC1."""
+        coef = fr.coef.clone()
         for _ in range(args.rounds):
             basis = fit_basis(fr.hd, rots, fr.shifts, coef, every, fr.cfg)
             a = estimate_latents(fr.hd, basis, rots, fr.shifts, every, fr.cfg.latent_prior).double().numpy()
-            coef = pc_map(a, q, basis=basis[1:]).coefficients(a).float()
-        x = np.c_[a, np.ones(len(a))]
-        fit = x @ np.linalg.lstsq(x, t, rcond=None)[0]
+            coef = pc_map(a, q, basis=basis[1:] if metric == "volume" else None).coefficients(a).float()
+        return a, coef[:, 1].double().numpy()
+
+    def measure(rots: torch.Tensor) -> dict:
+        t0 = time.time()
         view = view_error_deg(align_poses(rots.double(), gt).aligned_rots, gt).numpy()
-        return {"view_median_deg": float(np.median(view)), "spearman_pc1_scores_metric": spearman_pc1(a),
-                "spearman_pc1_volume_metric": spearman_pc1(a, basis[1:]),
-                "spearman_best_linear": abs(float(spearmanr(fit, t)[0])), "seconds": round(time.time() - t0, 1)}
+        res = {"view_median_deg": float(np.median(view))}
+        for metric in ("scores", "volume"):
+            a, pc1 = read(rots, metric)
+            x = np.c_[a, np.ones(len(a))]
+            fit = x @ np.linalg.lstsq(x, t, rcond=None)[0]
+            res[f"spearman_pc1_{metric}_metric"] = abs(float(spearmanr(pc1, t)[0]))
+            res[f"spearman_best_linear_{metric}_metric"] = abs(float(spearmanr(fit, t)[0]))
+        res["seconds"] = round(time.time() - t0, 1)
+        return res
 
     own = align_poses(fr.rots.double(), gt).aligned_rots.clone()
     for lo in np.arange(0.0, 1.0, 0.1):
@@ -75,11 +82,12 @@ def main() -> None:
            "pose_sets": {}}
     for name, rots in (("table", fr.rots), ("true rotations", gt.float()),
                        ("table, each tenth of t aligned on its own", own.float())):
-        res = read(rots)
+        res = measure(rots)
         out["pose_sets"][name] = res
         print(f"{name:42s} view {res['view_median_deg']:.2f} deg | |Spearman(PC1, t)| scores' metric "
-              f"{res['spearman_pc1_scores_metric']:.3f}, volumes' {res['spearman_pc1_volume_metric']:.3f}, "
-              f"best linear {res['spearman_best_linear']:.3f}", flush=True)
+              f"{res['spearman_pc1_scores_metric']:.3f}, volumes' {res['spearman_pc1_volume_metric']:.3f} "
+              f"(best linear {res['spearman_best_linear_scores_metric']:.3f}, "
+              f"{res['spearman_best_linear_volume_metric']:.3f})", flush=True)
     out.update(threads=torch.get_num_threads(), machine=f"{platform.machine()}, {os.cpu_count()} cores",
                commit=common.git_commit())
     common.write_result(ROOT / "bench" / "results" / f"latent_metric_{args.work.resolve().name}{args.tag}.json", out)
