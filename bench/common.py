@@ -59,8 +59,9 @@ def true_labels(data: Path):
 class FinishedRun:
     """A finished ``bench/default_pipeline.py`` folder (``data/`` and ``run/``) as the
     table studies read it: the particles, the truth grouped by conformation (each state,
-    or t below 0.2 / between / above 0.8), the run's pose table and z, and the volume basis
-    refitted to that table with the refinement's settings for the box."""
+    or t below 0.2 / between / above 0.8; ``t``, the true conformation of a continuous
+    set, None for a discrete one), the run's pose table and z (``z``, as in z.pkl), and the
+    volume basis refitted to that table with the refinement's settings for the box."""
 
     def __init__(self, work: Path):
         import numpy as np
@@ -75,12 +76,13 @@ class FinishedRun:
         self.d, self.n = self.hd.lattice.d, self.hd.n_particles
         self.gt, tab = read_poses(data / "poses.pkl"), read_poses(run / "poses.pkl")
         lab = true_labels(data)
+        self.t = None
         if lab is not None:
             self.groups = [(f"state {k}", lab == k) for k in np.unique(lab)]
         else:
-            t = np.asarray(load_pickles(data / "conf.pkl")[0], dtype=np.float64).reshape(-1)
+            t = self.t = np.asarray(load_pickles(data / "conf.pkl")[0], dtype=np.float64).reshape(-1)
             self.groups = [("t < 0.2", t < 0.2), ("0.2 <= t <= 0.8", (t >= 0.2) & (t <= 0.8)), ("t > 0.8", t > 0.8)]
-        z = np.asarray(load_pickles(run / "z.pkl")[0], dtype=np.float64)
+        z = self.z = np.asarray(load_pickles(run / "z.pkl")[0], dtype=np.float64).reshape(self.n, -1)
         self.rots = torch.as_tensor(tab.rots).float()
         self.shifts = torch.as_tensor(tab.shift_px(self.d)).float()
         self.cfg = HeteroRefineConfig.for_box(self.d)

@@ -30,10 +30,9 @@ import common  # noqa: E402
 def main() -> None:
     import numpy as np
     import torch
-    from scipy.stats import spearmanr
 
     from cryofire_nb.hetero import estimate_latents, fit_basis, pc_map
-    from cryofire_nb.io.pkl import load_pickles
+    from cryofire_nb.metrics.conformation import spearman_pc1
     from cryofire_nb.metrics.poses import align_poses, view_error_deg
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +43,7 @@ def main() -> None:
     if not (args.work / "data" / "conf.pkl").is_file():
         sys.exit(f"{args.work}/data has no conf.pkl: this measurement needs a continuous set's truth")
     fr = common.FinishedRun(args.work)
-    t = np.asarray(load_pickles(args.work / "data" / "conf.pkl")[0], dtype=np.float64).reshape(-1)
+    t = fr.t
     every = torch.arange(fr.n)
     gt = torch.as_tensor(fr.gt.rots).double()
     q = fr.coef.shape[1] - 1
@@ -67,8 +66,8 @@ def main() -> None:
             a, pc1 = read(rots, metric)
             x = np.c_[a, np.ones(len(a))]
             fit = x @ np.linalg.lstsq(x, t, rcond=None)[0]
-            res[f"spearman_pc1_{metric}_metric"] = abs(float(spearmanr(pc1, t)[0]))
-            res[f"spearman_best_linear_{metric}_metric"] = abs(float(spearmanr(fit, t)[0]))
+            res[f"spearman_pc1_{metric}_metric"] = spearman_pc1(pc1[:, None], t)
+            res[f"spearman_best_linear_{metric}_metric"] = spearman_pc1(fit[:, None], t)
         res["seconds"] = round(time.time() - t0, 1)
         return res
 
@@ -76,9 +75,7 @@ def main() -> None:
     for lo in np.arange(0.0, 1.0, 0.1):
         sel = torch.as_tensor((t >= lo) & ((t < lo + 0.1) | (lo >= 0.85)))
         own[sel] = align_poses(own[sel], gt[sel]).aligned_rots
-    z = np.asarray(load_pickles(args.work / "run" / "z.pkl")[0], dtype=np.float64).reshape(fr.n, -1)
-    out = {"work": str(args.work), "rounds": args.rounds,
-           "run_z": {"spearman_pc1": abs(float(spearmanr(pc_map(z, q).coefficients(z)[:, 1].double().numpy(), t)[0]))},
+    out = {"work": str(args.work), "rounds": args.rounds, "run_z": {"spearman_pc1": spearman_pc1(fr.z, t)},
            "pose_sets": {}}
     for name, rots in (("table", fr.rots), ("true rotations", gt.float()),
                        ("table, each tenth of t aligned on its own", own.float())):

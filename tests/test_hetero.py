@@ -317,15 +317,21 @@ def test_trimmed_superposition_follows_the_core_where_least_squares_compromises(
     assert trimmed < 1.5 and ls > 4 and robust > 4, (trimmed, ls, robust)
 
 
+def _drifted_truth(hetero_set):
+    """The set's true poses with a frame that turns with the conformation, 12 deg from one
+    end to the other: the truth, the drifted rotations and the true shifts (px)."""
+    s, hd, t = hetero_set
+    gt = read_poses(s.poses)
+    axis = torch.tensor([0.6, 0.0, 0.8])
+    drift = axis_angle_to_matrix(torch.as_tensor(t - 0.5).float()[:, None] * axis * np.radians(12.0))
+    return gt, torch.as_tensor(gt.rots).float() @ drift, torch.as_tensor(gt.shift_px(D)).float()
+
+
 def test_gauge_fix_removes_a_frame_drift_with_the_conformation(hetero_set):
     """Poses whose frame turns with the conformation (12 deg from one end to the other)
     explain the images as well as the true ones; the gauge fix turns them back."""
-    s, hd, t = hetero_set
-    gt = read_poses(s.poses)
-    rots, sh = torch.as_tensor(gt.rots).float(), torch.as_tensor(gt.shift_px(D)).float()
-    axis = torch.tensor([0.6, 0.0, 0.8])
-    drift = axis_angle_to_matrix(torch.as_tensor(t - 0.5).float()[:, None] * axis * np.radians(12.0))
-    drifted = rots @ drift
+    _, hd, t = hetero_set
+    gt, drifted, sh = _drifted_truth(hetero_set)
     coef = pc_map(t[:, None], 1).coefficients(t[:, None])
     basis = fit_basis(hd, drifted, sh, coef, torch.arange(len(t)), HeteroRefineConfig(n_components=1))
     fixed = drifted @ gauge_rotations(basis, coef, 6, robust=True).transpose(1, 2)
@@ -338,12 +344,8 @@ def test_gauge_fix_over_two_components_removes_a_drift_along_the_second(hetero_s
     """The same drift, with the conformation on the second score and a first score that
     does not change the volumes (a latent table whose PC1 missed the motion): PC1's bins
     cannot see the drift, the gauge over both components removes it."""
-    s, hd, t = hetero_set
-    gt = read_poses(s.poses)
-    rots, sh = torch.as_tensor(gt.rots).float(), torch.as_tensor(gt.shift_px(D)).float()
-    axis = torch.tensor([0.6, 0.0, 0.8])
-    drift = axis_angle_to_matrix(torch.as_tensor(t - 0.5).float()[:, None] * axis * np.radians(12.0))
-    drifted = rots @ drift
+    _, hd, t = hetero_set
+    gt, drifted, sh = _drifted_truth(hetero_set)
     u = torch.randn(len(t), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     tt = torch.as_tensor((t - t.mean()) / t.std())
     coef = torch.stack([torch.ones(len(t), dtype=torch.float64), u, 0.7 * tt], 1).float()
